@@ -1,0 +1,29 @@
+"""python -m lvt_jax.main --config=configs/bair.py[:VARIANT] --workdir=DIR [--mode=MODE]"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lvt_jax import distributed, run
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:VARIANT]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_string("mode", "all", f"One of {sorted(run.MODES)} or 'all'.")
+flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
+                  "env: from the flags below or JAX_* variables; auto: cluster auto-detection.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
+                           FLAGS.num_processes, FLAGS.process_id)
+    run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+
+
+if __name__ == "__main__":
+    app.run(main)

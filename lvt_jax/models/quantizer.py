@@ -1,0 +1,80 @@
+"""Decomposed vector quantiser with EMA codebook updates (VQ-VAE-2 style).
+
+The codebooks live in the non-gradient collection 'vq' together with their EMA
+statistics. Under `jax.jit` on globally sharded arrays the cluster counts and sums below
+are reductions over the *global* batch, so the statistics are summed over every data
+shard without an explicit all-reduce.
+"""
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CODEBOOK_AXES = ("codebook", "code", "code_dim")
+
+
+class DecomposedQuantizer(nn.Module):
+    num_codebooks: int = 4
+    codebook_size: int = 512
+    code_dim: int = 64
+    decay: float = 0.99
+    eps: float = 1e-5
+
+    def setup(self):
+        k, n, d = self.num_codebooks, self.codebook_size, self.code_dim
+
+        def uniform():  # the rng is drawn only when the variable is created
+            return jax.random.uniform(self.make_rng("params"), (k, n, d), jnp.float32,
+                                      -1.0 / n, 1.0 / n)
+
+        part = nn.with_logical_partitioning
+        self.codebook = self.variable("vq", "codebook", part(uniform, CODEBOOK_AXES))
+        self.ema_count = self.variable(
+            "vq", "ema_count", part(jnp.zeros, CODEBOOK_AXES[:2]), (k, n), jnp.float32)
+        # The EMA sums start equal to the codebook, so codebook = ema_sum / size stays
+        # consistent from the first update on.
+        self.ema_sum = self.variable(
+            "vq", "ema_sum", part(lambda: jnp.asarray(self.codebook.value), CODEBOOK_AXES))
+
+    def lookup(self, codes: jax.Array) -> jax.Array:
+        """Codes (..., num_codebooks) -> concatenated code vectors (..., num_codebooks * dim)."""
+        chex.assert_axis_dimension(codes, -1, self.num_codebooks)
+        books = self.codebook.value
+        vecs = [jnp.take(books[i], codes[..., i], axis=0) for i in range(self.num_codebooks)]
+        return jnp.concatenate(vecs, axis=-1)
+
+    def __call__(self, z: jax.Array, *, update: bool):
+        """Quantises z (..., num_codebooks * dim); returns (straight-through q, codes, commitment)."""
+        k, d = self.num_codebooks, self.code_dim
+        chex.assert_axis_dimension(z, -1, k * d)
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, k, d)
+        books = self.codebook.value  # (k, n, d)
+        dist = (jnp.sum(flat ** 2, -1, keepdims=True)
+                - 2 * jnp.einsum("bkd,knd->bkn", flat, books,
+                                 precision=jax.lax.Precision.HIGHEST)
+                + jnp.sum(books ** 2, -1)[None])
+        codes = jnp.argmin(dist, axis=-1).astype(jnp.int32)  # (b, k)
+        q = jnp.take_along_axis(books[None], codes[:, :, None, None], axis=2)[:, :, 0]
+        q = q.reshape(z.shape)
+
+        if update and not self.is_initializing():
+            onehot = jax.nn.one_hot(codes, self.codebook_size, dtype=jnp.float32)  # (b, k, n)
+            counts = jnp.sum(onehot, axis=0)
+            sums = jnp.einsum("bkn,bkd->knd", onehot, jax.lax.stop_gradient(flat),
+                              precision=jax.lax.Precision.HIGHEST)
+            g = self.decay
+            ema_count = g * self.ema_count.value + (1 - g) * counts
+            ema_sum = g * self.ema_sum.value + (1 - g) * sums
+            total = jnp.sum(ema_count, axis=-1, keepdims=True)
+            # Laplace smoothing keeps unused codes from dividing by zero.
+            size = (ema_count + self.eps) / (total + self.codebook_size * self.eps) * total
+            self.ema_count.value = ema_count
+            self.ema_sum.value = ema_sum
+            self.codebook.value = ema_sum / size[..., None]
+
+        commitment = jnp.mean((z - jax.lax.stop_gradient(q)) ** 2)
+        q_st = z + jax.lax.stop_gradient(q - z)
+        return q_st, codes.reshape(*lead, k), commitment

@@ -1,0 +1,50 @@
+"""Mode dispatch: each mode is a function of (config, workdir)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from lvt_jax import sharding as shd
+
+log = logging.getLogger(__name__)
+
+
+def _need_workdir(workdir: str | None, mode: str) -> str:
+    if not workdir:
+        raise ValueError(f"--mode={mode} writes checkpoints and results: pass --workdir=DIR.")
+    return workdir
+
+
+def train_vqvae(config: Any, workdir: str | None) -> dict:
+    from lvt_jax import trainer, validate
+    from lvt_jax.stages.vqvae import VQVAEStage
+    workdir = _need_workdir(workdir, "train_vqvae")
+    mesh = shd.make_mesh(config.mesh)
+    validate.vqvae(config, mesh)
+    _, results = trainer.train(VQVAEStage(config), workdir, mesh)
+    log.info("vqvae eval: %s", {k: v for k, v in results.items() if k != "codebook_perplexity"})
+    return results
+
+
+def summary(config: Any, workdir: str | None) -> dict:
+    from lvt_jax import summary as summary_lib
+    return summary_lib.run(config)
+
+
+# Stages built so far, in the order --mode=all runs them.
+PIPELINE: tuple[str, ...] = ("train_vqvae",)
+
+MODES: dict[str, Callable[[Any, str | None], Any]] = {
+    "train_vqvae": train_vqvae,
+    "summary": summary,
+}
+
+
+def run(config: Any, workdir: str | None, mode: str) -> None:
+    if mode == "all":
+        for m in PIPELINE:
+            MODES[m](config, workdir)
+        return
+    if mode not in MODES:
+        raise ValueError(f"unknown --mode={mode}; choose one of {sorted(MODES) + ['all']}.")
+    MODES[mode](config, workdir)
