@@ -38,8 +38,8 @@ def test_conv_transpose_matches_torch_definition():
     x = rng.normal(size=(2, 5, 6, 3))
     mod = ConvTranspose(4, 4, 2, 1)
     params = nn.unbox(mod.init(jax.random.key(0), jnp.asarray(x, jnp.float32)))["params"]
-    k = np.asarray(params["conv"]["kernel"], np.float64)  # (kh, kw, out, in), transpose_kernel
-    b = np.asarray(params["conv"]["bias"], np.float64)
+    k = np.asarray(params["kernel"], np.float64)  # (kh, kw, out, in), transpose_kernel
+    b = np.asarray(params["bias"], np.float64)
     # transpose_kernel stores the forward conv's kernel: torch weight[i, o, k, l] = kernel[k, l, o, i].
     w_torch = np.transpose(k, (3, 2, 0, 1))
     want = _torch_conv_transpose(x, w_torch, b, 2, 1)
@@ -53,8 +53,8 @@ def test_strided_conv_matches_direct_definition():
     x = rng.normal(size=(1, 8, 8, 2))
     mod = Conv(3, 4, stride=2, padding=1)
     params = nn.unbox(mod.init(jax.random.key(0), jnp.asarray(x, jnp.float32)))["params"]
-    k = np.asarray(params["conv"]["kernel"], np.float64)
-    b = np.asarray(params["conv"]["bias"], np.float64)
+    k = np.asarray(params["kernel"], np.float64)
+    b = np.asarray(params["bias"], np.float64)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     want = np.zeros((1, 4, 4, 3))
     for i in range(4):
@@ -101,3 +101,17 @@ def test_straight_through_gradient_and_no_update_in_eval():
     _, new = q.apply(variables, z, update=False, mutable=["vq"])
     np.testing.assert_array_equal(np.asarray(nn.unbox(new)["vq"]["codebook"]),
                                   np.asarray(variables["vq"]["codebook"]))
+
+
+@pytest.mark.parametrize("k,s,p", [(4, 2, 1), (2, 2, 0), (6, 2, 2), (3, 3, 0)])
+def test_subpixel_conv_transpose_equals_dilated_form(k, s, p):
+    from jax import lax
+    from lvt_jax.models.layers import subpixel_conv_transpose
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32)
+    ker = jnp.asarray(rng.normal(size=(k, k, 4, 3)), jnp.float32)
+    want = lax.conv_transpose(x, ker, (s, s), ((k - 1 - p,) * 2,) * 2,
+                              dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+    got = subpixel_conv_transpose(x, ker, s, p)
+    assert got.shape == want.shape == (2, 5 * s, 7 * s, 4)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
