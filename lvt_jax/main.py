@@ -1,4 +1,6 @@
 """python -m lvt_jax.main --config=configs/bair.py[:VARIANT] --workdir=DIR [--mode=MODE]"""
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -17,9 +19,21 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-process)."
 flags.mark_flags_as_required(["config"])
 
 
+def _setup_logging() -> None:
+    """Our progress at INFO; library chatter (orbax, tfds) only from WARNING up."""
+    logging.set_verbosity(logging.WARNING)
+    ours = pylogging.getLogger("lvt_jax")
+    if not ours.handlers:
+        handler = pylogging.StreamHandler()
+        handler.setFormatter(pylogging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+    ours.setLevel(pylogging.INFO)
+    ours.propagate = False
+
+
 def main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
+    _setup_logging()
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
                            FLAGS.num_processes, FLAGS.process_id)
     run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)

@@ -22,6 +22,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     # convolutions
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
+    ("kernel", None),
     ("kernel_t", None),
     ("kernel_h", None),
     ("kernel_w", None),

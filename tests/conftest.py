@@ -5,3 +5,17 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """One tiny synthetic_pushing dataset (12 train / 4 test videos) for the session."""
+    d = tmp_path_factory.mktemp("tfds")
+    from tests.helpers import tiny_config
+    from lvt_jax.data import pipeline
+    cfg = tiny_config(d)
+    for split in ("train", "test"):
+        pipeline.load_videos(cfg.data, split)
+    return str(d)

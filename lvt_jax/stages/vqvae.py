@@ -62,7 +62,7 @@ class VQVAEStage(Stage):
         (_, (extra, metrics)), grads = grad_fn(state.params, state.extra, batch["image"])
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              extra=extra), metrics
 

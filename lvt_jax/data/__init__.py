@@ -1,0 +1,9 @@
+"""Data layer of lvt_jax (numpy only at run time; TensorFlow is never needed).
+
+- `pipeline`: load_videos / make_iterator / make_array_iterator / BatchIterator.
+- `synthetic_pushing`: the procedural BAIR-like tfds builder `synthetic_pushing`.
+- `bair`: BAIR robot pushing tfds builder, prepared from local files only.
+- `tfrecord`: minimal TFRecord reader/writer and tf.train.Example helpers.
+
+Submodules are not imported here, so importing one does not pull in the others.
+"""

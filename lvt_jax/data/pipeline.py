@@ -1,0 +1,704 @@
+"""Run-time input pipeline: tfds array_record sources + grain, numpy only (no TensorFlow).
+
+Design (why it is built this way):
+
+* The global batch at step k is a pure function of (seed, k). Global sample position
+  g = k * global_batch + row maps to a sample by a per-epoch permutation (train; grain's
+  `index_shuffle`, re-keyed each epoch) or in order (eval), and every random choice for
+  that sample (e.g. a clip's start frame) comes from an RNG keyed by (seed, g). Nothing
+  depends on process-local RNG state, on the number of processes or on the number of
+  grain workers.
+* Each process reads only its own contiguous rows of the global batch and the global
+  jax.Array is assembled with `jax.make_array_from_process_local_data`.
+* Because batches are random-access by step, the iterator state is just the number of
+  batches consumed: `{'step': k, ...}` (small, JSON-serialisable, fits in an orbax
+  checkpoint). Resuming rebuilds the grain pipeline from step k; the restored iterator
+  yields exactly what the uninterrupted one would have.
+* Reading/decoding runs ahead in grain's threads (and optional worker processes); a
+  background thread turns local numpy batches into global arrays and keeps `prefetch`
+  of them ready. `get_state` counts only batches handed to the caller.
+* Eval (train=False) makes one in-order pass over every sample; the last batch is padded
+  with zeros and every eval batch carries `mask` float32 [B] (1 real, 0 padding).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import grain
+import jax
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+Transform = Callable[[Any, int, np.random.Generator], Mapping[str, np.ndarray]]
+
+_SHUFFLE_STREAM = 0x5EED  # distinct SeedSequence streams for the shuffle and per-sample RNG
+_SAMPLE_STREAM = 0x5A3
+_TRAIN_STEPS = 2**40  # "forever": a finite length keeps grain's index arithmetic simple
+
+DATASETS = ("synthetic_pushing", "bair")
+KINDS = ("frames", "clips")
+
+
+class RandomAccessSource(Protocol):
+    """Anything with len() and integer indexing (a tfds data source, a numpy array...)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class VideoSource:
+    """Random access to one split's videos, uint8 [T, H, W, 3], decoded with numpy only.
+
+    Keeps the last few decoded videos: eval over frames reads the frames of one video
+    consecutively, so each video is decoded once instead of T times.
+    """
+
+    def __init__(
+        self, data_source: RandomAccessSource, feature: str = "video", cache_size: int = 4
+    ):
+        self._data_source = data_source
+        self._feature = feature
+        self._cache_size = cache_size
+        self._init_cache()
+
+    def _init_cache(self) -> None:
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # picklable for grain worker processes
+        state = self.__dict__.copy()
+        del state["_cache"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_cache()
+
+    def __len__(self) -> int:
+        return len(self._data_source)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"video index {index} out of range [0, {len(self)}).")
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+        video = np.asarray(self._data_source[index][self._feature])
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise ValueError(
+                f"expected uint8 [T,H,W,3] videos in feature {self._feature!r}, got "
+                f"{video.dtype} {video.shape}."
+            )
+        video.setflags(write=False)  # shared through the cache: nobody may modify it
+        with self._lock:
+            self._cache[index] = video
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return video
+
+    @property
+    def video_shape(self) -> tuple[int, ...]:
+        """(T, H, W, 3) of every video (all videos of a split share it)."""
+        return tuple(self[0].shape)
+
+
+def _cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
+    try:
+        value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+    except (AttributeError, KeyError):
+        value = default
+    return default if value is None else value
+
+
+def _make_builder(data_cfg: Any):
+    """The tfds builder named by data_cfg.name (imported lazily: tfds is slow to import)."""
+    name = _cfg_get(data_cfg, "name")
+    data_dir = _cfg_get(data_cfg, "data_dir")
+    if data_dir is not None:
+        data_dir = os.path.expanduser(os.fspath(data_dir))
+    if name == "synthetic_pushing":
+        from lvt_jax.data import synthetic_pushing
+
+        syn = _cfg_get(data_cfg, "synthetic", {})
+        config = synthetic_pushing.make_config(
+            num_train=_cfg_get(syn, "num_train", 2000),
+            num_test=_cfg_get(syn, "num_test", 256),
+            seed=_cfg_get(syn, "seed", 0),
+        )
+        return synthetic_pushing.SyntheticPushing(
+            config=config, data_dir=data_dir, file_format="array_record"
+        )
+    if name == "bair":
+        from lvt_jax.data import bair
+
+        return bair.BairRobotPushing(
+            source_dir=_cfg_get(data_cfg, "bair_source_dir"),
+            data_dir=data_dir,
+            file_format="array_record",
+        )
+    raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}.")
+
+
+def _prepare(builder: Any) -> None:
+    """Builds the dataset if it is not on disk yet: synthetic generates, BAIR converts.
+
+    Multi-host: process 0 prepares first (the others wait), then any process that still
+    sees no data (a process-local data_dir) prepares its own copy.
+    """
+    import tensorflow_datasets as tfds
+
+    def prepare_here() -> None:
+        if builder.is_prepared():
+            return
+        if builder.name == "bair_robot_pushing":
+            from lvt_jax.data import bair
+
+            bair.locate_source(builder.source_dir)  # fail in seconds if files are missing
+        logging.info("Preparing %s in %s (one-time).", builder.info.full_name, builder.data_dir)
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
+
+    if builder.is_prepared():
+        return
+    if jax.process_count() == 1:
+        prepare_here()
+        return
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        prepare_here()
+    multihost_utils.sync_global_devices(f"lvt_jax.data.prepare:{builder.info.full_name}")
+    prepare_here()
+    multihost_utils.sync_global_devices(f"lvt_jax.data.prepared:{builder.info.full_name}")
+
+
+def load_videos(data_cfg: Any, split: str) -> VideoSource:
+    """Random-access videos of `split` ('train' | 'test'); builds the dataset on first use.
+
+    synthetic_pushing is generated on the spot; bair is converted from the local files in
+    data_cfg.bair_source_dir (never downloaded). Reading needs numpy only.
+    """
+    builder = _make_builder(data_cfg)
+    _prepare(builder)
+    available = list(builder.info.splits.keys())
+    base_split = split.split("[", 1)[0]
+    if base_split not in available:
+        raise ValueError(
+            f"split {split!r} not in {builder.info.full_name}: choose from {available}."
+        )
+    return VideoSource(builder.as_data_source(split=split))
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameTransform:
+    """Sample index -> one frame: video = index // T, t = index % T."""
+
+    num_frames: int
+
+    def __call__(self, source: RandomAccessSource, index: int, rng: np.random.Generator) -> Batch:
+        del rng
+        video, t = divmod(int(index), self.num_frames)
+        return {"image": np.asarray(source[video][t])}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipTransform:
+    """Sample index -> a clip_length-frame window of video `index`.
+
+    random_start=True (train): start uniform in [0, T - L], drawn from the per-sample RNG.
+    random_start=False (eval): the first L frames, as the LVT reference evaluates BAIR.
+    """
+
+    clip_length: int
+    random_start: bool
+
+    def __call__(self, source: RandomAccessSource, index: int, rng: np.random.Generator) -> Batch:
+        video = np.asarray(source[int(index)])
+        length = video.shape[0]
+        if self.clip_length > length:
+            raise ValueError(
+                f"clip_length {self.clip_length} is longer than the videos ({length} frames); "
+                "lower data.clip_length."
+            )
+        start = int(rng.integers(0, length - self.clip_length + 1)) if self.random_start else 0
+        return {"video": video[start : start + self.clip_length]}
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def sample_rng(seed: int, position: int) -> np.random.Generator:
+    """The RNG of the sample at global position `position`: keyed by (seed, position) only."""
+    return np.random.default_rng([int(seed), _SAMPLE_STREAM, int(position)])
+
+
+def shuffled_item(seed: int, position: int, num_items: int) -> int:
+    """Train order: item at global position `position`, a fresh permutation every epoch."""
+    epoch, offset = divmod(int(position), num_items)
+    epoch_seed = int(
+        np.random.SeedSequence([int(seed), _SHUFFLE_STREAM, epoch]).generate_state(1)[0]
+    )
+    return int(
+        grain.experimental.index_shuffle(offset, max_index=num_items - 1, seed=epoch_seed, rounds=4)
+    )
+
+
+class _RowReader:
+    """Local flat row j -> the sample of global position g(j), transformed (picklable).
+
+    Local row j is row `row_start + j % local_batch` of global step `j // local_batch`.
+    """
+
+    def __init__(
+        self, source, transform, *, num_items, global_batch, row_start, local_batch, seed, train
+    ):
+        self.source = source
+        self.transform = transform
+        self.num_items = num_items
+        self.global_batch = global_batch
+        self.row_start = row_start
+        self.local_batch = local_batch
+        self.seed = seed
+        self.train = train
+        self._padding: Batch | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_padding"] = None
+        return state
+
+    def _read(self, item: int, position: int) -> Batch:
+        sample = self.transform(self.source, item, sample_rng(self.seed, position))
+        return {k: np.asarray(v) for k, v in sample.items()}
+
+    def __call__(self, j: int) -> Batch:
+        step, row = divmod(int(j), self.local_batch)
+        position = step * self.global_batch + self.row_start + row
+        if self.train:
+            return self._read(shuffled_item(self.seed, position, self.num_items), position)
+        if position < self.num_items:
+            sample = self._read(position, position)
+            sample["mask"] = np.float32(1.0)
+            return sample
+        if self._padding is None:  # zeros shaped like a real sample
+            template = self._read(0, 0)
+            self._padding = {k: np.zeros_like(v) for k, v in template.items()}
+            self._padding["mask"] = np.float32(0.0)
+        return dict(self._padding)
+
+
+def _stack(samples: Sequence[Batch]) -> Batch:
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _batch_sharding(sharding: jax.sharding.Sharding) -> jax.sharding.NamedSharding:
+    """The given sharding reduced to its batch axis (trailing axes replicated).
+
+    The same sharding then fits every array of the batch, whatever its rank.
+    """
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        raise TypeError(
+            f"sharding must be a jax.sharding.NamedSharding, got {type(sharding).__name__}."
+        )
+    spec = tuple(sharding.spec)
+    if any(axis is not None for axis in spec[1:]):
+        raise ValueError(
+            f"batch sharding {sharding.spec} shards a non-batch axis; use a spec that names "
+            "mesh axes for the leading (batch) dimension only, e.g. P(('data', 'fsdp'))."
+        )
+    return jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec(spec[0] if spec else None)
+    )
+
+
+def _process_rows(sharding: jax.sharding.NamedSharding, global_batch: int) -> tuple[int, int]:
+    """The contiguous rows of the global batch this process's devices hold."""
+    indices = sharding.addressable_devices_indices_map((global_batch,)).values()
+    starts = sorted({idx[0].indices(global_batch)[0] for idx in indices})
+    stops = sorted({idx[0].indices(global_batch)[1] for idx in indices})
+    start, stop = starts[0], stops[-1]
+    covered = np.zeros(global_batch, bool)
+    for idx in indices:
+        covered[idx[0]] = True
+    if not covered[start:stop].all() or covered.sum() != stop - start:
+        raise ValueError(
+            "this process's devices hold non-contiguous rows of the batch; order the mesh "
+            "devices so each process's devices are adjacent along the batch axes."
+        )
+    return start, stop
+
+
+class BatchIterator:
+    """Global batches (dict of jax.Array, or local numpy rows when sharding is None).
+
+    Iterate with `next(it)` / `for batch in it`. `get_state()` -> JSON-serialisable dict,
+    `set_state(state)` resumes exactly. Train iterators never end; an eval iterator ends
+    after `len(it)` batches (call `reset()` to run it again).
+    """
+
+    def __init__(
+        self,
+        reader: _RowReader,
+        *,
+        num_steps: int | None,
+        steps_per_epoch: int,
+        local_batch: int,
+        sharding: jax.sharding.NamedSharding | None,
+        prefetch: int,
+        worker_count: int,
+        read_threads: int,
+        state_info: dict[str, int],
+    ):
+        self._reader = reader
+        self._num_steps = num_steps
+        self._steps_per_epoch = steps_per_epoch
+        self._local_batch = local_batch
+        self._sharding = sharding
+        self._prefetch = max(1, int(prefetch))
+        self._worker_count = int(worker_count)
+        self._read_threads = int(read_threads)
+        self._state_info = dict(state_info)
+        self._step = 0
+        self._producer: _Producer | None = None
+
+    # -- public API
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per pass over the data (eval: the last one padded)."""
+        return self._steps_per_epoch
+
+    @property
+    def step(self) -> int:
+        """Batches handed out so far (the resume point)."""
+        return self._step
+
+    def __len__(self) -> int:
+        if self._num_steps is None:
+            raise TypeError(
+                "a train iterator repeats forever; use it.steps_per_epoch instead of len()."
+            )
+        return self._num_steps
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._num_steps is not None and self._step >= self._num_steps:
+            raise StopIteration
+        if self._producer is None:
+            self._producer = _Producer(self, self._step)
+        batch = self._producer.get()
+        self._step += 1
+        if self._num_steps is not None and self._step >= self._num_steps:
+            self.close()  # one pass done: release reader threads / worker processes now
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"step": self._step, **self._state_info}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        if "step" not in state:
+            raise ValueError(f"iterator state needs a 'step' entry, got keys {sorted(state)}.")
+        for key, value in self._state_info.items():
+            if key in state and int(state[key]) != value:
+                raise ValueError(
+                    f"iterator state was saved with {key}={int(state[key])} but this iterator "
+                    f"has {key}={value}; resuming would not continue the same batch sequence. "
+                    "Build the iterator with the same settings (or start a fresh one)."
+                )
+        step = int(state["step"])
+        if step < 0:
+            raise ValueError(f"iterator state step must be >= 0, got {step}.")
+        self.close()
+        self._step = step
+
+    def reset(self) -> None:
+        """Back to the first batch (e.g. to run an eval iterator again)."""
+        self.set_state({"step": 0})
+
+    def close(self) -> None:
+        """Stops the background reading (also done on garbage collection)."""
+        if self._producer is not None:
+            self._producer.stop()
+            self._producer = None
+
+    def __del__(self, _is_finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        if _is_finalizing():  # at exit grain cleans up its own workers
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- internals used by _Producer
+    def _grain_iterator(self, start_step: int):
+        total = (
+            self._num_steps if self._num_steps is not None else _TRAIN_STEPS
+        ) * self._local_batch
+        ds = grain.MapDataset.range(total).map(self._reader)
+        ds = ds.batch(self._local_batch, drop_remainder=True, batch_fn=_stack)[start_step:]
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=self._read_threads, prefetch_buffer_size=self._prefetch)
+        )
+        if self._worker_count > 0:
+            _mark_flags_parsed()
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self._worker_count, per_worker_buffer_size=1
+                )
+            )
+        return iter(it_ds)
+
+
+def _to_global(sharding: jax.sharding.NamedSharding | None, global_batch: int, batch: Batch) -> Any:
+    """Local rows -> global jax.Arrays (or the local numpy rows when sharding is None)."""
+    if sharding is None:  # plain arrays: worker batches arrive in shared-memory subclasses
+        return {
+            key: np.array(value) if type(value) is not np.ndarray else value
+            for key, value in batch.items()
+        }
+    return {
+        key: jax.make_array_from_process_local_data(
+            sharding, local, (global_batch,) + local.shape[1:]
+        )
+        for key, local in batch.items()
+    }
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Producer:
+    """Background thread: grain iterator -> global arrays -> bounded queue."""
+
+    def __init__(self, owner: BatchIterator, start_step: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=owner._prefetch)
+        self._stop = threading.Event()
+        self._iterator = owner._grain_iterator(start_step)
+        # The thread must not reference `owner`, so an abandoned iterator can be collected.
+        to_global = functools.partial(
+            _to_global, owner._sharding, owner._state_info["global_batch"]
+        )
+        self._thread = threading.Thread(
+            target=self._run, args=(to_global,), name="lvt_jax-data-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, to_global: Callable[[Batch], Any]) -> None:
+        try:
+            for batch in self._iterator:
+                if not self._put(to_global(batch)):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            self._put(_Failure(e))
+
+    def get(self) -> Any:
+        item = self._queue.get()
+        if item is _END:
+            raise RuntimeError("the data pipeline ended early; this is a bug in lvt_jax.data.")
+        if isinstance(item, _Failure):
+            raise RuntimeError(f"data pipeline failed: {item.error!r}") from item.error
+        return item
+
+    def stop(self) -> None:
+        self._stop.set()
+        while True:  # unblock the producer if it waits on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=10)
+        iterator, self._iterator = self._iterator, None
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _mark_flags_parsed() -> None:
+    """grain worker processes read absl flags; mark them parsed when no absl app ran."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_array_iterator(
+    source: RandomAccessSource,
+    transform: Transform,
+    num_items: int,
+    global_batch: int,
+    sharding: jax.sharding.NamedSharding | None,
+    *,
+    seed: int,
+    train: bool,
+    worker_count: int = 0,
+    prefetch: int = 2,
+    read_threads: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """Global batches of `transform(source, item, rng)` over items 0..num_items-1.
+
+    transform(source, item, rng) -> dict of numpy arrays (one sample); rng is keyed by
+    (seed, global sample position), so per-sample randomness is process-independent.
+    train=True: shuffled (new permutation each epoch), repeats forever.
+    train=False: every item once in order, last batch zero-padded, `mask` float32 [B].
+    sharding: batch sharding of the global arrays; None yields this process's local numpy
+    rows instead (for tests and debugging). process_index / process_count override jax's
+    (tests only; they require sharding=None unless they equal jax's values).
+    """
+    num_items, global_batch, seed = int(num_items), int(global_batch), int(seed)
+    if num_items < 1:
+        raise ValueError(
+            f"the dataset is empty (num_items={num_items}); check the split and data_dir."
+        )
+    if global_batch < 1:
+        raise ValueError(f"global_batch must be >= 1, got {global_batch}.")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}.")
+    pid = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    if not 0 <= pid < count:
+        raise ValueError(f"process_index {pid} not in [0, process_count={count}).")
+    if global_batch % count:
+        raise ValueError(
+            f"global_batch {global_batch} is not divisible by the {count} processes; "
+            "use a multiple of the process count."
+        )
+    overridden = (pid, count) != (jax.process_index(), jax.process_count())
+    if sharding is not None:
+        if overridden:
+            raise ValueError(
+                "process_index/process_count overrides only work with sharding=None (local "
+                "numpy rows): a global jax.Array needs the real process layout."
+            )
+        sharding = _batch_sharding(sharding)
+        axes = sharding.spec[0]
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        num_shards = math.prod(sharding.mesh.shape[a] for a in axes)
+        if global_batch % num_shards:
+            raise ValueError(
+                f"global_batch {global_batch} is not divisible by the {num_shards} batch shards of "
+                f"mesh axes {axes}; use a multiple of {num_shards}."
+            )
+        row_start, row_stop = _process_rows(sharding, global_batch)
+    else:
+        row_start, row_stop = pid * global_batch // count, (pid + 1) * global_batch // count
+    local_batch = row_stop - row_start
+    reader = _RowReader(
+        source,
+        transform,
+        num_items=num_items,
+        global_batch=global_batch,
+        row_start=row_start,
+        local_batch=local_batch,
+        seed=seed,
+        train=bool(train),
+    )
+    steps_per_epoch = math.ceil(num_items / global_batch)
+    return BatchIterator(
+        reader,
+        num_steps=None if train else steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        local_batch=local_batch,
+        sharding=sharding,
+        prefetch=prefetch,
+        worker_count=worker_count,
+        read_threads=read_threads,
+        state_info={"seed": seed, "global_batch": global_batch, "num_items": num_items},
+    )
+
+
+def make_iterator(
+    data_cfg: Any,
+    split: str,
+    kind: str,
+    global_batch: int,
+    sharding: jax.sharding.NamedSharding | None,
+    *,
+    seed: int,
+    train: bool,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """Video batches: kind 'frames' -> {'image': uint8 [B,H,W,3]} over every frame of every
+    video; kind 'clips' -> {'video': uint8 [B,L,H,W,3]}, L = data_cfg.clip_length, random
+    window in train, first L frames in eval. Eval batches also carry 'mask' float32 [B].
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    source = load_videos(data_cfg, split)
+    num_frames = source.video_shape[0]
+    if kind == "frames":
+        transform: Transform = FrameTransform(num_frames)
+        num_items = len(source) * num_frames
+    else:
+        transform = ClipTransform(
+            int(_cfg_get(data_cfg, "clip_length", 16)), random_start=bool(train)
+        )
+        transform(source, 0, sample_rng(0, 0))  # fail now, not in a worker, if clips don't fit
+        num_items = len(source)
+    return make_array_iterator(
+        source,
+        transform,
+        num_items,
+        global_batch,
+        sharding,
+        seed=seed,
+        train=train,
+        worker_count=int(_cfg_get(data_cfg, "worker_count", 0)),
+        prefetch=int(_cfg_get(data_cfg, "prefetch", 2)),
+        read_threads=int(_cfg_get(data_cfg, "read_threads", 2)),
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+__all__ = [
+    "BatchIterator",
+    "ClipTransform",
+    "FrameTransform",
+    "RandomAccessSource",
+    "VideoSource",
+    "load_videos",
+    "make_array_iterator",
+    "make_iterator",
+    "sample_rng",
+    "shuffled_item",
+]

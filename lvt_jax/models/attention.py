@@ -1,0 +1,191 @@
+"""Block-local multi-head attention layer of the LVT (encoder and decoder).
+
+The ``(t, h, w)`` volume is cut into non-overlapping blocks of ``block_shape``;
+attention runs independently inside each block (positions flattened in raster
+order). One layer::
+
+  x = x + Wo . Attn(LN(x))        # per head: softmax(q k^T / sqrt(da) + B) v
+  x = x + W2 . relu(W1 . LN(x) + b1) + b2    # hidden width d (not 4d)
+
+``B = B_t[dt] + B_h[dh] + B_w[dw]`` per head, each bank of size
+``2 * extent - 1``, zero-initialised (``dt = t_query - t_key``). In a masked
+(decoder) layer a position attends to itself and earlier positions of its
+block; masked logits are *set* to ``-1e4`` (not ``-inf``). No final LayerNorm.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence, Tuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MASK_VALUE = -1e4
+LN_EPS = 1e-5  # torch.nn.LayerNorm default
+
+
+def split_blocks(x: jax.Array, block_shape: Sequence[int]) -> jax.Array:
+  """``[B, T, H, W, C] -> [B, nT*nH*nW, bt*bh*bw, C]`` (blocks and positions in raster order)."""
+  B, T, H, W, C = x.shape
+  bt, bh, bw = block_shape
+  if T % bt or H % bh or W % bw:
+    raise ValueError(f'block {tuple(block_shape)} does not divide {(T, H, W)}')
+  nt, nh, nw = T // bt, H // bh, W // bw
+  y = x.reshape(B, nt, bt, nh, bh, nw, bw, C).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  return y.reshape(B, nt * nh * nw, bt * bh * bw, C)
+
+
+def merge_blocks(y: jax.Array, shape: Sequence[int], block_shape: Sequence[int]) -> jax.Array:
+  """Inverse of :func:`split_blocks`; ``shape = (T, H, W)``."""
+  B, _, _, C = y.shape
+  T, H, W = shape
+  bt, bh, bw = block_shape
+  nt, nh, nw = T // bt, H // bh, W // bw
+  y = y.reshape(B, nt, nh, nw, bt, bh, bw, C).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+  return y.reshape(B, T, H, W, C)
+
+
+@functools.lru_cache(maxsize=None)
+def relative_indices(block_shape: Tuple[int, int, int]) -> Tuple[np.ndarray, ...]:
+  """Per axis, int ``[L, L]`` index into that axis' bank: ``d_query - d_key + extent - 1``."""
+  bt, bh, bw = block_shape
+  grids = np.meshgrid(np.arange(bt), np.arange(bh), np.arange(bw), indexing='ij')
+  out = []
+  for g, n in zip(grids, block_shape):
+    p = g.ravel()
+    out.append((p[:, None] - p[None, :] + n - 1).astype(np.int32))
+  return tuple(out)
+
+
+def causal_mask(length: int) -> np.ndarray:
+  """bool ``[L, L]``: True where query i may attend key j (j <= i)."""
+  return np.tril(np.ones((length, length), dtype=bool))
+
+
+def relative_bias(banks: Sequence[jax.Array], block_shape: Tuple[int, int, int]) -> jax.Array:
+  """``[heads, L, L]`` bias from the three ``[heads, 2*extent-1]`` banks."""
+  idx = relative_indices(tuple(block_shape))
+  return sum(jnp.take(bank, jnp.asarray(i), axis=1) for bank, i in zip(banks, idx))
+
+
+class BlockLocalAttentionLayer(nn.Module):
+  """One attention + feed-forward layer on ``[B, T, H, W, d]``."""
+  num_heads: int
+  head_dim: int
+  block_shape: Tuple[int, int, int]
+  masked: bool
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  mask_value: float = MASK_VALUE
+  ln_eps: float = LN_EPS
+
+  def _ln(self, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 5)
+    B, T, H, W, d = x.shape
+    nh, da = self.num_heads, self.head_dim
+    bt, bh, bw = self.block_shape
+    L = bt * bh * bw
+    x = nn.with_logical_constraint(x, ('batch', None, None, None, None))
+
+    # --- attention -----------------------------------------------------------
+    # Reference init: xavier-normal with torch's fans for [na, d, da] (receptive = da).
+    qkv_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'normal', in_axis=0, out_axis=1)
+    wq, wk, wv = (
+        self.param(n, nn.with_logical_partitioning(qkv_init, ('embed', 'heads', 'kv')),
+                   (d, nh, da), self.param_dtype) for n in ('query', 'key', 'value'))
+    wo = self.param(
+        'out',
+        nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_avg', 'normal', in_axis=(0, 1),
+                                             out_axis=2), ('heads', 'kv', 'embed')),
+        (nh, da, d), self.param_dtype)
+    banks = [
+        self.param(f'rel_{ax}', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             ('heads', 'relpos')),
+                   (nh, 2 * n - 1), self.param_dtype)
+        for ax, n in zip('thw', self.block_shape)
+    ]
+
+    y = self._ln('ln_attn')(x)
+    yb = split_blocks(y, self.block_shape)  # [B, nb, L, d]
+    cast = lambda p: jnp.asarray(p, self.dtype)
+    q = jnp.einsum('bnld,dhk->bnlhk', yb, cast(wq))
+    k = jnp.einsum('bnld,dhk->bnlhk', yb, cast(wk))
+    v = jnp.einsum('bnld,dhk->bnlhk', yb, cast(wv))
+    logits = jnp.einsum('bnqhk,bnshk->bnhqs', q, k).astype(jnp.float32) / np.sqrt(da)
+    logits = logits + relative_bias([b.astype(jnp.float32) for b in banks],
+                                    self.block_shape)[None, None]
+    if self.masked:
+      logits = jnp.where(causal_mask(L), logits, jnp.float32(self.mask_value))
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    o = jnp.einsum('bnhqs,bnshk->bnqhk', probs, v)
+    o = jnp.einsum('bnqhk,hkd->bnqd', o, cast(wo))
+    x = x + merge_blocks(o, (T, H, W), self.block_shape)
+
+    # --- feed-forward (hidden width d) --------------------------------------
+    xavier = nn.initializers.xavier_uniform()
+    y = self._ln('ln_mlp')(x)
+    y = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_in',
+                 kernel_init=nn.with_logical_partitioning(xavier, ('embed', 'mlp')),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(y)
+    y = nn.relu(y)
+    y = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_out',
+                 kernel_init=nn.with_logical_partitioning(xavier, ('mlp', 'embed')),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(y)
+    x = x + y
+    return nn.with_logical_constraint(x, ('batch', None, None, None, None))
+
+
+class _ScanBody(nn.Module):
+  """Adapter: ``(carry, None) -> (layer(carry), None)`` for ``nn.scan``."""
+  layer_kwargs: Any
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, _):
+    cls = nn.remat(BlockLocalAttentionLayer) if self.remat else BlockLocalAttentionLayer
+    return cls(**dict(self.layer_kwargs), name='layer')(x), None
+
+
+class AttentionStack(nn.Module):
+  """``num_layers`` identical block-local attention layers (optionally scanned/rematted).
+
+  With ``scan=True`` the parameters are stacked along a leading axis of length
+  ``num_layers`` (logical name None, i.e. replicated) under ``layers/layer``;
+  otherwise they live under ``layer_0 .. layer_{n-1}``.
+  """
+  num_layers: int
+  num_heads: int
+  head_dim: int
+  block_shape: Tuple[int, int, int]
+  masked: bool
+  scan: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kwargs = dict(num_heads=self.num_heads, head_dim=self.head_dim,
+                  block_shape=tuple(self.block_shape), masked=self.masked, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
+    if self.scan:
+      body = nn.scan(_ScanBody, variable_axes={'params': 0}, split_rngs={'params': True},
+                     length=self.num_layers, metadata_params={nn.PARTITION_NAME: None})
+      x, _ = body(tuple(sorted(kwargs.items())), self.remat, name='layers')(x, None)
+      return x
+    cls = nn.remat(BlockLocalAttentionLayer) if self.remat else BlockLocalAttentionLayer
+    for i in range(self.num_layers):
+      x = cls(**kwargs, name=f'layer_{i}')(x)
+    return x
