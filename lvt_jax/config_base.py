@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from lvt_jax.models.transformer import default_transformer_config
 from lvt_jax.sharding import DEFAULT_RULES
 
 
@@ -38,4 +39,21 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=32, num_steps=500_000, learning_rate=3e-4, b1=0.9, b2=0.9, eps=1e-8,
         log_every=100, eval_every=10_000, eval_batches=config_dict.placeholder(int),
         eval_batch_size=64, checkpoint_every=5_000, keep=3, progress=True))
+
+    # Between the stages: every video of both splits as int16 codes (WORKDIR/codes/).
+    c.encode = ml_collections.ConfigDict(dict(
+        batch_size=512,            # frames per encoder call (per process)
+        videos_per_shard=1024))    # a shard is the unit of restart and of work sharing
+
+    # Stage 2: the latent Video Transformer, DSFVT ("default" in the release).
+    c.transformer = ml_collections.ConfigDict()
+    c.transformer.model = default_transformer_config("dsfvt")
+    c.transformer.codes_dir = config_dict.placeholder(str)  # None: WORKDIR/codes
+    c.transformer.train = ml_collections.ConfigDict(dict(
+        batch_size=64, num_steps=600_000,
+        # RMSProp as in PyTorch: eps outside the square root, momentum 0.9, constant rate.
+        learning_rate=2e-5, decay=0.95, eps=1e-8, momentum=0.9,
+        n_prime=1,                 # priming frames: never targets, excluded from the loss
+        log_every=100, eval_every=20_000, eval_batches=config_dict.placeholder(int),
+        eval_batch_size=16, checkpoint_every=5_000, keep=3, progress=True))
     return c

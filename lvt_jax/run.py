@@ -26,22 +26,46 @@ def train_vqvae(config: Any, workdir: str | None) -> dict:
     return results
 
 
+def encode(config: Any, workdir: str | None) -> dict:
+    """Stage-1 codes of every video (WORKDIR/codes/{train,test}); resumes if interrupted."""
+    from lvt_jax import encode as encode_lib
+    from lvt_jax import validate
+    workdir = _need_workdir(workdir, "encode")
+    validate.encode(config)
+    return encode_lib.run(config, workdir)
+
+
+def train_transformer(config: Any, workdir: str | None) -> dict:
+    from lvt_jax import trainer, validate
+    from lvt_jax.stages.transformer import TransformerStage
+    workdir = _need_workdir(workdir, "train_transformer")
+    mesh = shd.make_mesh(config.mesh)
+    validate.transformer(config, mesh)
+    _, results = trainer.train(TransformerStage(config, workdir), workdir, mesh)
+    log.info("transformer eval: %s", results)
+    return results
+
+
 def summary(config: Any, workdir: str | None) -> dict:
     from lvt_jax import summary as summary_lib
     return summary_lib.run(config)
 
 
 # Stages built so far, in the order --mode=all runs them.
-PIPELINE: tuple[str, ...] = ("train_vqvae",)
+PIPELINE: tuple[str, ...] = ("train_vqvae", "encode", "train_transformer")
 
 MODES: dict[str, Callable[[Any, str | None], Any]] = {
     "train_vqvae": train_vqvae,
+    "encode": encode,
+    "train_transformer": train_transformer,
     "summary": summary,
 }
 
 
 def run(config: Any, workdir: str | None, mode: str) -> None:
     if mode == "all":
+        from lvt_jax import validate
+        validate.pipeline(config, shd.make_mesh(config.mesh))  # all stages, before stage 1
         for m in PIPELINE:
             MODES[m](config, workdir)
         return

@@ -29,6 +29,18 @@ def vqvae_counts(config: Any) -> tuple[dict, list[tuple[str, tuple, int]]]:
     return counts, rows
 
 
+def transformer_counts(config: Any) -> tuple[dict, list[tuple[str, tuple, int]]]:
+    """Stage-2 counts per part (encoder, decoder, channel_predictor, total), from shapes."""
+    from lvt_jax.models.transformer import count_params
+    from lvt_jax.stages.transformer import TransformerStage
+    stage = TransformerStage(config)
+    abstract = nn.unbox(jax.eval_shape(stage.init, jax.random.key_data(jax.random.key(0))))
+    counts = count_params(abstract.params)
+    rows = [("/".join(k), tuple(v.shape), int(np.prod(v.shape)))
+            for k, v in traverse_util.flatten_dict(abstract.params).items()]
+    return counts, rows
+
+
 def format_table(title: str, rows: list[tuple[str, tuple, int]], counts: dict) -> str:
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"== {title} ==", f"{'parameter':<{width}}{'shape':>22}{'count':>14}"]
@@ -44,5 +56,9 @@ def run(config: Any) -> dict:
     counts, rows = vqvae_counts(config)
     print(format_table("vqvae (stage 1)", rows, counts))
     out["vqvae"] = counts
+    counts, rows = transformer_counts(config)
+    variant = config.transformer.model.get("variant", "transformer")
+    print(format_table(f"transformer (stage 2, {variant})", rows, counts))
+    out["transformer"] = counts
     print(json.dumps(out), flush=True)
     return out

@@ -191,6 +191,7 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
                 writer.scalars(step, {f"eval/{k}": v for k, v in results.items()
                                       if np.ndim(v) == 0})
                 _write_images(writer, bound, state, step)
+                log.info("%s step %d eval: %s", stage.name, step, _brief(results))
                 if on_eval:
                     on_eval(step, results)
                 t0 += time.perf_counter() - t_eval  # keep eval time out of throughput
@@ -201,7 +202,7 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
         results = bound.evaluate(state)
         results["step"] = int(step)
         writer.scalars(step, {f"final/{k}": v for k, v in results.items() if np.ndim(v) == 0})
-        _write_images(writer, bound, state, step)
+        _write_images(writer, bound, state, step, png_dir=stage_dir if primary else None)
         if primary:
             write_json(os.path.join(stage_dir, "eval.json"), results)
         return state, results
@@ -214,14 +215,25 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
             close()
 
 
-def _write_images(writer: MetricWriter, bound: ShardedStage, state, step: int) -> None:
-    """Every process computes (collectives), the primary writes."""
+def _brief(results: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, (int, float)))
+
+
+def _write_images(writer: MetricWriter, bound: ShardedStage, state, step: int,
+                  png_dir: str | None = None) -> None:
+    """Every process computes (collectives), the primary writes (and PNGs into png_dir)."""
     it = bound.stage.make_iterator("test", bound.mesh, train=False)
     batch = next(iter(it))
     with bound.context():
         grids = shd.fetch(bound.stage.images(state, batch))
     for name, rows in grids.items():
-        writer.image(step, name, image_grid([np.asarray(r, np.uint8) for r in rows]))
+        grid = image_grid([np.asarray(r, np.uint8) for r in rows])
+        writer.image(step, name, grid)
+        if png_dir:
+            from PIL import Image
+            path = os.path.join(png_dir, name.split("/")[-1] + ".png")
+            Image.fromarray(grid).save(path + ".tmp.png")
+            os.replace(path + ".tmp.png", path)
     close = getattr(it, "close", None)
     if close:
         close()

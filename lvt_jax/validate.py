@@ -41,3 +41,72 @@ def vqvae(config: Any, mesh: Mesh) -> None:
     if d.name not in ("bair", "synthetic_pushing"):
         raise ValueError(f"data.name={d.name!r}: known datasets are 'bair' and "
                          "'synthetic_pushing'.")
+
+
+def _positive(section: str, cfg: Any, keys: tuple[str, ...]) -> None:
+    for k in keys:
+        if int(cfg[k]) <= 0:
+            raise ValueError(f"{section}.{k}={cfg[k]} must be positive.")
+
+
+def encode(config: Any) -> None:
+    e = config.encode
+    _positive("encode", e, ("batch_size", "videos_per_shard"))
+    if int(config.vqvae.model.codebook_size) > 32767:
+        raise ValueError(f"vqvae.model.codebook_size={config.vqvae.model.codebook_size}: "
+                         "codes are stored as int16; use at most 32767 codes per codebook.")
+
+
+def transformer(config: Any, mesh: Mesh) -> None:
+    """Stage-2 settings against the mesh, stage 1 and the data, before anything compiles."""
+    from lvt_jax.models import subscale
+    rules = shd.rules_from_config(config)
+    t, m, v, d = config.transformer.train, config.transformer.model, config.vqvae.model, config.data
+    batch_divides("transformer.train.batch_size", int(t.batch_size), mesh, rules)
+    batch_divides("transformer.train.eval_batch_size",
+                  int(t.get("eval_batch_size", t.batch_size)), mesh, rules)
+    _positive("transformer.train", t, ("num_steps", "log_every", "checkpoint_every", "keep"))
+    clip = tuple(int(n) for n in m.clip_shape)
+    grid = d.image_size // 4
+    if clip[1:] != (grid, grid):
+        raise ValueError(f"transformer.model.clip_shape={clip}: stage 1 turns "
+                         f"{d.image_size}x{d.image_size} frames into {grid}x{grid} codes; set "
+                         f"clip_shape=({clip[0]}, {grid}, {grid}).")
+    if clip[0] != int(d.clip_length):
+        raise ValueError(f"transformer.model.clip_shape[0]={clip[0]} differs from "
+                         f"data.clip_length={d.clip_length}; set them equal.")
+    if int(d.clip_length) > int(d.frames_per_video):
+        raise ValueError(f"data.clip_length={d.clip_length} is longer than the videos "
+                         f"(data.frames_per_video={d.frames_per_video}); lower clip_length.")
+    try:
+        subscale.check_stride(clip, tuple(m.stride))
+    except ValueError as e:
+        raise ValueError(f"transformer.model.stride={tuple(m.stride)} must divide the clip "
+                         f"{clip} along every axis ({e}).") from None
+    sl = subscale.slice_shape(clip, tuple(m.stride))
+    if any(n % b for n, b in zip(sl, m.block_shape)):
+        raise ValueError(f"transformer.model.block_shape={tuple(m.block_shape)} must divide "
+                         f"the slice shape {sl} (clip {clip} / stride {tuple(m.stride)}).")
+    if any(k % 2 != 1 for k in tuple(m.context_kernel) + tuple(m.decoder_kernel)):
+        raise ValueError(f"transformer.model.context_kernel={tuple(m.context_kernel)} and "
+                         f"decoder_kernel={tuple(m.decoder_kernel)} must have odd sizes.")
+    if int(m.vocab_size) != int(v.codebook_size):
+        raise ValueError(f"transformer.model.vocab_size={m.vocab_size} must equal stage 1's "
+                         f"vqvae.model.codebook_size={v.codebook_size} (it predicts those "
+                         f"codes); set --config.transformer.model.vocab_size={v.codebook_size}.")
+    if int(m.num_codebooks) != int(v.num_codebooks):
+        raise ValueError(f"transformer.model.num_codebooks={m.num_codebooks} must equal "
+                         f"vqvae.model.num_codebooks={v.num_codebooks}.")
+    if not 0 <= int(t.n_prime) < clip[0]:
+        raise ValueError(f"transformer.train.n_prime={t.n_prime} must lie in [0, "
+                         f"{clip[0]}) (priming frames of a {clip[0]}-frame clip).")
+    if int(m.d_model) < 6:
+        raise ValueError(f"transformer.model.d_model={m.d_model}: the 3-D position encoding "
+                         "needs d_model >= 6.")
+
+
+def pipeline(config: Any, mesh: Mesh) -> None:
+    """Every stage of --mode=all, so a bad stage-2 setting fails before stage 1 trains."""
+    vqvae(config, mesh)
+    encode(config)
+    transformer(config, mesh)

@@ -18,14 +18,21 @@ from lvt_jax.models.quantizer import DecomposedQuantizer
 
 
 class ResBlock(nn.Module):
-    """ReLU -> conv3x3 (C -> res) -> ReLU -> conv1x1 (res -> C), plus skip."""
+    """relu(x) + conv1x1(ReLU(conv3x3(relu(x)))), as the reference release computes it.
+
+    The release writes `x + block(x)` with `block` starting in `nn.ReLU(inplace=True)`,
+    which rectifies x itself before the sum, so its skip adds relu(x). The release
+    produced the published numbers (and imported weights must reconstruct identically),
+    so we keep its behaviour rather than the textbook pre-activation skip.
+    """
 
     channels: int
     res_channels: int
 
     @nn.compact
     def __call__(self, x):
-        h = Conv(self.res_channels, 3, padding=1, name="conv1")(nn.relu(x))
+        x = nn.relu(x)
+        h = Conv(self.res_channels, 3, padding=1, name="conv1")(x)
         h = Conv(self.channels, 1, name="conv2")(nn.relu(h))
         return x + h
 

@@ -1,0 +1,205 @@
+"""The code dataset between the stages: every video as int16 VQ-VAE codes, on disk.
+
+Layout of one split, WORKDIR/codes/<split>/ (written by `lvt_jax.encode`):
+
+* `codes-SSSSS-of-NNNNN.array_record`: shard S holds videos
+  [S * videos_per_shard, (S + 1) * videos_per_shard) in order, one record per video.
+  A record is a 16-byte header (int32 little-endian T, h, w, nc) followed by the codes,
+  int16 little-endian, C order, shape (T, h, w, nc): every frame of the video is kept.
+* `spec.json`: what the codes were made from (split, video count, sharding, stage-1
+  checkpoint step and model config, data config). Written before any shard, so an encode
+  that resumes with different inputs fails instead of mixing codes of two models.
+* `metadata.json`: the spec plus shard files, code shape and dtype. Written last (by
+  process 0, once every shard exists): its presence means the split is complete.
+
+Why this design: a shard is written under a temporary name and renamed when complete,
+so a shard file is either absent or whole; a restarted encode skips existing shards and
+redoes only missing ones. Shards are the unit of work sharing across processes too.
+Readers use array_record's random access, so stage 2 streams clips through the same
+deterministic, resumable `make_array_iterator` as stage 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT = "lvt_jax.codes/v1"
+HEADER_DTYPE = np.dtype("<i4")
+CODE_DTYPE = np.dtype("<i2")
+_HEADER_BYTES = 4 * HEADER_DTYPE.itemsize
+
+
+def split_dir(workdir: str, split: str) -> str:
+    """WORKDIR/codes/<split>: where `--mode=encode` writes a split's codes."""
+    return os.path.join(workdir, "codes", split)
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return f"codes-{index:05d}-of-{num_shards:05d}.array_record"
+
+
+def shard_ranges(num_videos: int, videos_per_shard: int) -> list[tuple[int, int]]:
+    """[start, stop) video range of every shard (the last one may be shorter)."""
+    if videos_per_shard < 1:
+        raise ValueError(f"encode.videos_per_shard={videos_per_shard} must be >= 1.")
+    return [(s, min(s + videos_per_shard, num_videos))
+            for s in range(0, num_videos, videos_per_shard)]
+
+
+def serialize(codes: np.ndarray) -> bytes:
+    """int codes (T, h, w, nc) -> one record (shape header + int16 data)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 4:
+        raise ValueError(f"a record holds codes of shape (T, h, w, nc), got {codes.shape}.")
+    if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(CODE_DTYPE).max):
+        raise ValueError(f"codes must lie in [0, {np.iinfo(CODE_DTYPE).max}] to be stored as "
+                         f"int16, got [{codes.min()}, {codes.max()}].")
+    header = np.asarray(codes.shape, HEADER_DTYPE).tobytes()
+    return header + np.ascontiguousarray(codes, CODE_DTYPE).tobytes()
+
+
+def deserialize(record: bytes) -> np.ndarray:
+    """One record -> int16 codes (T, h, w, nc) (read-only view of the bytes)."""
+    shape = tuple(int(n) for n in np.frombuffer(record[:_HEADER_BYTES], HEADER_DTYPE))
+    out = np.frombuffer(record, CODE_DTYPE, offset=_HEADER_BYTES)
+    if out.size != int(np.prod(shape)):
+        raise ValueError(f"corrupt code record: header says {shape} but it holds {out.size} "
+                         "codes; delete the split's directory and rerun --mode=encode.")
+    return out.reshape(shape)
+
+
+def write_shard(path: str, videos: Sequence[np.ndarray]) -> None:
+    """Writes one shard atomically: a temporary file, renamed once complete."""
+    from array_record.python import array_record_module
+    tmp = f"{path}.tmp-{os.getpid()}"
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    try:
+        for codes in videos:
+            writer.write(serialize(codes))
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Atomic (temp + rename): readers never see a partial file; processes may race."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class CodeSource:
+    """Random access to one encoded split: item i -> int16 codes (T, h, w, nc) of video i.
+
+    Picklable (grain worker processes reopen the files lazily).
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        meta = read_json(os.path.join(directory, "metadata.json"))
+        if meta is None:
+            raise FileNotFoundError(
+                f"no complete code dataset in {directory} (metadata.json is missing); run "
+                "--mode=encode with the same --workdir first (it resumes if interrupted).")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{directory} holds codes in format {meta.get('format')!r}, "
+                             f"expected {FORMAT!r}; delete it and rerun --mode=encode.")
+        self.metadata = meta
+        self._paths = [os.path.join(directory, f) for f in meta["shards"]]
+        missing = [p for p in self._paths if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"code shards are missing: {missing[:3]}...; rerun --mode=encode (it "
+                "re-encodes only the missing shards).")
+        self._source = None
+
+    def _open(self):
+        if self._source is None:
+            from array_record.python import array_record_data_source
+            self._source = array_record_data_source.ArrayRecordDataSource(self._paths)
+            if len(self._source) != int(self.metadata["num_videos"]):
+                raise ValueError(
+                    f"{self.directory}: the shards hold {len(self._source)} videos but "
+                    f"metadata.json says {self.metadata['num_videos']}; delete the directory "
+                    "and rerun --mode=encode.")
+        return self._source
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_source"] = None
+        return state
+
+    def __len__(self) -> int:
+        return int(self.metadata["num_videos"])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"video index {index} out of range [0, {len(self)}).")
+        return deserialize(self._open()[index])
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(h, w, nc) of every frame's codes."""
+        return tuple(self.metadata["frame_shape"])
+
+    @property
+    def min_frames(self) -> int:
+        return int(self.metadata["min_frames"])
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeClipTransform:
+    """Video index -> {'codes': int16 (clip_length, h, w, nc)}, a window of its codes.
+
+    random_start=True (training): the start frame is uniform over every window of the
+    video, drawn from the per-sample RNG (so it depends only on (seed, sample position)).
+    random_start=False (evaluation): the first clip_length frames of every video, the
+    reference's BAIR convention (256 test clips for BAIR), so the test set is fixed.
+    """
+
+    clip_length: int
+    random_start: bool
+
+    def __call__(self, source: Any, index: int, rng: np.random.Generator) -> dict:
+        codes = source[int(index)]
+        length = codes.shape[0]
+        if self.clip_length > length:
+            raise ValueError(f"clip_length {self.clip_length} is longer than video {index} "
+                             f"({length} frames of codes); lower data.clip_length.")
+        start = int(rng.integers(0, length - self.clip_length + 1)) if self.random_start else 0
+        return {"codes": np.asarray(codes[start:start + self.clip_length])}
+
+
+def make_code_iterator(directory: str, clip_length: int, global_batch: int,
+                       sharding: Any, *, seed: int, train: bool, data_cfg: Any = None):
+    """Batches {'codes': int16 [B, clip_length, h, w, nc]} (+ 'mask' [B] in eval).
+
+    Train: shuffled videos, a random window each, forever. Eval: every video once, its
+    first clip_length frames, the last batch zero-padded with mask 0.
+    """
+    from lvt_jax.data import pipeline
+    source = CodeSource(directory)
+    if clip_length > source.min_frames:
+        raise ValueError(f"clip_length {clip_length} is longer than the shortest encoded "
+                         f"video ({source.min_frames} frames) in {directory}; lower "
+                         "data.clip_length.")
+    get = (lambda k, d: d) if data_cfg is None else (
+        lambda k, d: data_cfg.get(k, d) if data_cfg.get(k, d) is not None else d)
+    return pipeline.make_array_iterator(
+        source, CodeClipTransform(int(clip_length), random_start=bool(train)), len(source),
+        global_batch, sharding, seed=seed, train=train,
+        worker_count=int(get("worker_count", 0)), prefetch=int(get("prefetch", 2)),
+        read_threads=int(get("read_threads", 2)))
