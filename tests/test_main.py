@@ -13,15 +13,28 @@ from lvt_jax import run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_summary_last_line_is_json():
-    out = subprocess.run([sys.executable, "-m", "lvt_jax.main", "--config=configs/bair.py",
-                          "--mode=summary"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+VQVAE_COUNTS = {"encoder": 1_777_024, "decoder": 1_776_771, "codebooks": 131_072,
+                "total": 3_684_867}
+TRANSFORMER_COUNTS = {
+    "": {"encoder": 22_902_848, "decoder": 23_294_400, "channel_predictor": 3_675_136,
+         "total": 49_872_384},  # DSFVT, the default
+    ":dstsvt": {"encoder": 32_862_656, "decoder": 23_292_736, "channel_predictor": 3_675_136,
+                "total": 59_830_528},
+}
+
+
+@pytest.mark.parametrize("variant", ["", ":dstsvt"])
+def test_summary_last_line_is_json(variant):
+    out = subprocess.run([sys.executable, "-m", "lvt_jax.main",
+                          f"--config=configs/bair.py{variant}", "--mode=summary"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
-    assert json.loads(lines[-1]) == {"vqvae": {"encoder": 1_777_024, "decoder": 1_776_771,
-                                               "codebooks": 131_072, "total": 3_684_867}}
-    assert any("encoder/conv2/kernel" in l for l in lines)  # the readable table came first
+    assert json.loads(lines[-1]) == {"vqvae": VQVAE_COUNTS,
+                                     "transformer": TRANSFORMER_COUNTS[variant]}
+    assert any("encoder/conv2/kernel" in l for l in lines)  # the readable tables came first
+    assert any("decoder/masked_conv/kernel" in l for l in lines)
 
 
 def test_config_overrides_and_variants():
@@ -29,6 +42,9 @@ def test_config_overrides_and_variants():
     assert c.vqvae.model.channels == 32 and c.data.name == "synthetic_pushing"
     with pytest.raises(ValueError, match="unknown variant"):
         bair.get_config("huge")
+    c = bair.get_config("dstsvt,tiny")  # variants combine
+    assert c.transformer.model.stride == (2, 2, 2) and c.transformer.model.d_model == 32
+    assert c.transformer.model.vocab_size == c.vqvae.model.codebook_size
 
 
 def test_indivisible_batch_fails_before_compiling(tmp_path):
@@ -46,6 +62,24 @@ def test_unknown_mode_and_missing_workdir():
         run.run(demo.get_config("tiny"), "/tmp/x", "bogus")
     with pytest.raises(ValueError, match="pass --workdir"):
         run.run(demo.get_config("tiny"), None, "train_vqvae")
+
+
+def test_stage2_mismatch_fails_before_stage1_trains(tmp_path):
+    c = demo.get_config("tiny")
+    c.transformer.model.vocab_size = 16  # stage 1 has 32 codes per codebook
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="vocab_size=16 must equal stage 1's"):
+        run.run(c, str(tmp_path), "all")
+    assert time.perf_counter() - t < 10
+    assert not (tmp_path / "vqvae").exists()
+    c = demo.get_config("tiny")
+    c.transformer.model.stride = (3, 1, 1)
+    with pytest.raises(ValueError, match=r"stride=\(3, 1, 1\) must divide the clip"):
+        run.run(c, str(tmp_path), "train_transformer")
+    c = demo.get_config("tiny")
+    c.transformer.train.batch_size = 12
+    with pytest.raises(ValueError, match="transformer.train.batch_size=12 is not divisible"):
+        run.run(c, str(tmp_path), "train_transformer")
 
 
 def test_bad_mesh_is_explained():

@@ -315,3 +315,33 @@ def test_every_param_has_logical_names(scan):
   assert mesh_specs['params']['encoder']['context_conv']['kernel'] == P(None, 'tensor', None)
   counts = tr.count_params(shapes)
   assert counts['total'] == sum(counts[p] for p in tr.PARTS)
+
+
+@pytest.mark.parametrize('shape', [(1, 5, 6), (1, 1, 6), (2, 1, 1)])
+def test_masked_conv_skips_taps_that_read_only_padding(shape):
+  """A single-frame slice (DSFVT) drops the previous-frame taps; the result is unchanged."""
+  kernel = (3, 3, 3)
+  used = masked_conv.used_taps(kernel, shape)
+  assert len(used) < 25 and set(used) <= set(np.flatnonzero(masked_conv.tap_mask(kernel)))
+  kx, kk, kb = jax.random.split(jax.random.PRNGKey(1), 3)
+  x = jax.random.normal(kx, (2, *shape, 3))
+  w = jax.random.normal(kk, (27, 3, 4))
+  b = jax.random.normal(kb, (4,))
+  got = jax.jit(masked_conv.masked_conv3d, static_argnums=3)(x, w, b, kernel)
+  dense = w.reshape(3, 3, 3, 3, 4) * masked_conv.tap_mask(kernel)[..., None, None]
+  want = jax.lax.conv_general_dilated(
+      x, dense, window_strides=(1, 1, 1), padding=[(2, 0), (2, 0), (1, 1)],
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), precision=HI) + b
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_bias_gradient_equals_autodiff_of_plain_add():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 2, 4, 6, 6)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(4, 6, 6)), jnp.float32)
+  ct = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+  f = lambda l, b: jnp.sum(jnp.tanh(attention.add_shared_bias(l, b)) * ct)
+  g = lambda l, b: jnp.sum(jnp.tanh(l + b[None, None]) * ct)
+  np.testing.assert_array_equal(attention.add_shared_bias(logits, bias), logits + bias)
+  for got, want in zip(jax.grad(f, (0, 1))(logits, bias), jax.grad(g, (0, 1))(logits, bias)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

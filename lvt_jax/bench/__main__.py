@@ -1,4 +1,4 @@
-"""python -m lvt_jax.bench {train_vqvae} --config=configs/bair.py --batch=32 [--json]
+"""python -m lvt_jax.bench {train_vqvae,train_transformer} --config=configs/bair.py --batch=N [--json]
 
 Prints a readable report and, with --json, one JSON object as the last stdout line.
 """
@@ -16,7 +16,7 @@ flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_bool("json", False, "Print a JSON object as the last line.")
 
-BENCHES = ("train_vqvae",)
+BENCHES = ("train_vqvae", "train_transformer")
 
 
 def main(argv):
@@ -27,11 +27,16 @@ def main(argv):
     if which == "train_vqvae":
         batch = FLAGS.batch or int(config.vqvae.train.batch_size)
         result = train.train_vqvae(config, batch, FLAGS.steps, FLAGS.warmup)
+    elif which == "train_transformer":
+        batch = FLAGS.batch or int(config.transformer.train.batch_size)
+        result = train.train_transformer(config, batch, FLAGS.steps, FLAGS.warmup)
     peak, peak_src = common.peak_flops(matmul)
     result.update(
         benchmark=which, device=common.device_description(),
         mfu=result["flops_per_step"] / result["step_s"] / peak, peak_flops=peak,
-        peak_source=peak_src, matmul_gflops=matmul, peak_rss_gib=common.peak_rss_gib())
+        peak_source=peak_src, matmul_gflops=matmul, peak_rss_gib=common.peak_rss_gib(),
+        # measured again after the run: a large change means the CPU was shared meanwhile
+        matmul_gflops_after=common.matmul_gflops())
     for k, v in result.items():
         print(f"{k:>16}: {v:.4g}" if isinstance(v, float) else f"{k:>16}: {v}")
     if FLAGS.json:

@@ -46,3 +46,50 @@ def train_vqvae(config: Any, batch_size: int, steps: int, warmup: int) -> dict:
     r["frames_per_s"] = batch_size / r["step_s"]
     r["batch"] = batch_size
     return r
+
+
+def train_transformer(config: Any, batch_size: int, steps: int, warmup: int) -> dict:
+    """Stage-2 step on random code clips; throughput in loss positions per second.
+
+    A loss position is a (clip, position) of the drawn slice counted in the loss, so
+    positions_per_s = batch * counted positions per slice / step time (DSFVT: 256 per
+    clip), the same unit as the PyTorch reference's figure.
+    """
+    from lvt_jax.stages.transformer import TransformerStage
+    config.transformer.train.batch_size = batch_size
+    m = config.transformer.model
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, m.vocab_size, (batch_size, *m.clip_shape, m.num_codebooks))
+    stage = TransformerStage(config)
+    batch = {"codes": codes.astype(np.int16)}
+    r = time_train_step(stage, batch, steps, warmup)
+    r["flops_per_step"] = unrolled_step_flops(config, batch)
+    r["flops_source"] = "XLA cost analysis of the step with unrolled layers"
+    r["positions_per_step"] = batch_size * stage.counted_positions_per_clip()
+    r["positions_per_s"] = r["positions_per_step"] / r["step_s"]
+    r["batch"] = batch_size
+    r["variant"] = str(m.get("variant", ""))
+    return r
+
+
+def unrolled_step_flops(config: Any, batch: dict) -> float:
+    """FLOPs of one stage-2 step, counted on the step lowered with unrolled layers.
+
+    XLA's cost analysis counts a scanned (while-loop) body once, so the compiled step of
+    the scanned model under-reports its FLOPs by about the layer count. Lowering only
+    (no compile) takes seconds.
+    """
+    import copy
+
+    import flax.linen as nn
+    from lvt_jax.stages.transformer import TransformerStage
+    cfg = copy.deepcopy(config)
+    cfg.transformer.model.scan_layers = False
+    stage = TransformerStage(cfg)
+    state = jax.eval_shape(lambda r: nn.unbox(stage.init(r)),
+                           jax.random.key_data(jax.random.key(0)))
+    spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    cost = jax.jit(stage.train_step).lower(state, spec).cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)) if cost else 0.0

