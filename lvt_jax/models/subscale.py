@@ -135,26 +135,23 @@ def get_slice(x, stride: Sequence[int], slice_idx):
   ``slice_idx`` is an int array of shape ``[B]`` (may be traced).
   """
   x = jnp.asarray(x)
-  slice_idx = jnp.asarray(slice_idx, jnp.int32)
-  a, b, c = slice_offsets(slice_idx, stride)
-  st, sh, sw = stride
-  t, h, w = slice_shape(x.shape[1:4], stride)
-  bidx = jnp.arange(x.shape[0])[:, None, None, None]
-  ti = (a[:, None, None, None] + st * jnp.arange(t)[None, :, None, None])
-  hi = (b[:, None, None, None] + sh * jnp.arange(h)[None, None, :, None])
-  wi = (c[:, None, None, None] + sw * jnp.arange(w)[None, None, None, :])
-  return x[bidx, ti, hi, wi]
+  return x[_slice_gather_indices(x.shape, stride, slice_idx)]
 
 
 def put_slice(x, stride: Sequence[int], slice_idx, values):
   """Write ``values [B, t, h, w, ...]`` into slice ``slice_idx[b]`` of ``x [B, T, H, W, ...]``."""
   x = jnp.asarray(x)
+  return x.at[_slice_gather_indices(x.shape, stride, slice_idx)].set(values)
+
+
+def _slice_gather_indices(shape, stride: Sequence[int], slice_idx):
+  """Broadcast (batch, t, h, w) index arrays selecting slice ``slice_idx[b]`` of each clip."""
   slice_idx = jnp.asarray(slice_idx, jnp.int32)
   a, b, c = slice_offsets(slice_idx, stride)
   st, sh, sw = stride
-  t, h, w = slice_shape(x.shape[1:4], stride)
-  bidx = jnp.arange(x.shape[0])[:, None, None, None]
-  ti = (a[:, None, None, None] + st * jnp.arange(t)[None, :, None, None])
-  hi = (b[:, None, None, None] + sh * jnp.arange(h)[None, None, :, None])
-  wi = (c[:, None, None, None] + sw * jnp.arange(w)[None, None, None, :])
-  return x.at[bidx, ti, hi, wi].set(values)
+  t, h, w = slice_shape(shape[1:4], stride)
+  bidx = jnp.arange(shape[0])[:, None, None, None]
+  ti = a[:, None, None, None] + st * jnp.arange(t)[None, :, None, None]
+  hi = b[:, None, None, None] + sh * jnp.arange(h)[None, None, :, None]
+  wi = c[:, None, None, None] + sw * jnp.arange(w)[None, None, None, :]
+  return bidx, ti, hi, wi
