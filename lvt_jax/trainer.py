@@ -77,11 +77,14 @@ class ShardedStage:
         """One pass over the test split (or its first `max_batches` batches)."""
         it = self.stage.make_iterator("test", self.mesh, train=False)
         total = None
-        for i, batch in enumerate(it):
-            if max_batches is not None and i >= max_batches:
-                break
-            sums = self.eval_step(state, batch)
-            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        try:
+            for i, batch in enumerate(it):
+                if max_batches is not None and i >= max_batches:
+                    break
+                sums = self.eval_step(state, batch)
+                total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        finally:
+            _close(it)  # stop its prefetch thread, also when we stop early
         if total is None:
             raise ValueError(f"the test split of stage '{self.stage.name}' yielded no batches")
         return self.stage.summarize_eval(shd.fetch(total))
@@ -215,6 +218,12 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
             close()
 
 
+def _close(it) -> None:
+    close = getattr(it, "close", None)
+    if close:
+        close()
+
+
 def _brief(results: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, (int, float)))
 
@@ -223,7 +232,10 @@ def _write_images(writer: MetricWriter, bound: ShardedStage, state, step: int,
                   png_dir: str | None = None) -> None:
     """Every process computes (collectives), the primary writes (and PNGs into png_dir)."""
     it = bound.stage.make_iterator("test", bound.mesh, train=False)
-    batch = next(iter(it))
+    try:
+        batch = next(iter(it))
+    finally:
+        _close(it)
     with bound.context():
         grids = shd.fetch(bound.stage.images(state, batch))
     for name, rows in grids.items():
@@ -234,9 +246,6 @@ def _write_images(writer: MetricWriter, bound: ShardedStage, state, step: int,
             path = os.path.join(png_dir, name.split("/")[-1] + ".png")
             Image.fromarray(grid).save(path + ".tmp.png")
             os.replace(path + ".tmp.png", path)
-    close = getattr(it, "close", None)
-    if close:
-        close()
 
 
 def write_json(path: str, obj: dict) -> None:
