@@ -66,3 +66,7 @@ def shrink_transformer(c) -> None:
     c.transformer.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=0,
                                checkpoint_every=2, eval_batch_size=8, eval_batches=1,
                                progress=False)
+    # I3D (FVD) needs clips of >= 9 frames, tiny clips have 4: --mode=all stops after
+    # sampling, and the in-loop FVD is off.
+    c.eval.update(in_pipeline=False, fvd_every=0)
+    c.sample.update(num_videos=4, batch_size=8)

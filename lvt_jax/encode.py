@@ -137,6 +137,10 @@ def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
     data = {"name": d.name, "image_size": int(d.image_size)}
     if d.name == "synthetic_pushing":
         data["synthetic"] = d.synthetic.to_dict()
+    if d.name == "kinetics600":
+        k = d.kinetics
+        data["kinetics"] = {"fps": None if k.fps is None else float(k.fps),
+                            "min_frames": int(k.min_frames), "test_split": str(k.test_split)}
     vps = int(config.encode.videos_per_shard)
     return {"format": codes_lib.FORMAT, "split": split, "num_videos": int(num_videos),
             "video_shape": [int(n) for n in video_shape], "videos_per_shard": vps,
@@ -204,10 +208,18 @@ def encode_split(encoder: FrameEncoder, videos: Any, directory: str, spec: dict,
         for f in os.listdir(directory):  # leftovers of interrupted writes
             if ".tmp-" in f:
                 os.remove(os.path.join(directory, f))
-        T = spec["video_shape"][0]
+        counts = getattr(videos, "frame_counts", None)  # videos may vary in length
+        if counts is None:
+            counts = np.full(1, spec["video_shape"][0])
+        extra = {}
+        labels = getattr(videos, "labels", None)
+        if labels is not None:  # class ids travel with the codes (class-conditional stage 2)
+            codes_lib.write_labels(directory, labels)
+            extra["labels"] = codes_lib.LABELS_FILE
         codes_lib.write_json(os.path.join(directory, "metadata.json"), dict(
-            spec, shards=names, frame_shape=list(encoder.code_shape), min_frames=T,
-            max_frames=T, dtype="int16", codebook_size=int(codebook_size)))
+            spec, shards=names, frame_shape=list(encoder.code_shape),
+            min_frames=int(np.min(counts)), max_frames=int(np.max(counts)), dtype="int16",
+            codebook_size=int(codebook_size), **extra))
     _barrier(f"lvt_jax.encode.{spec['split']}.metadata")
     return done
 

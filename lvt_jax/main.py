@@ -16,6 +16,8 @@ flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_enum("sampler", None, ["cached", "naive"],
+                  "Overrides config.sample.sampler: naive is the reference's slow method.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -36,6 +38,8 @@ def main(argv):
     _setup_logging()
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
                            FLAGS.num_processes, FLAGS.process_id)
+    if FLAGS.sampler:
+        FLAGS.config.sample.sampler = FLAGS.sampler
     run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 

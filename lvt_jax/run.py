@@ -46,18 +46,35 @@ def train_transformer(config: Any, workdir: str | None) -> dict:
     return results
 
 
+def evaluate(config: Any, workdir: str | None) -> dict:
+    """The published protocol (FVD, FVD*, PSNR/SSIM, bits per code) -> WORKDIR/eval/."""
+    from lvt_jax import evaluate as evaluate_lib
+    workdir = _need_workdir(workdir, "evaluate")
+    return evaluate_lib.run(config, workdir)
+
+
+def sample(config: Any, workdir: str | None) -> dict:
+    """Continues test videos (or config.sample.prime) -> WORKDIR/samples/ (mp4, gif, png)."""
+    from lvt_jax import sample_mode, validate
+    workdir = _need_workdir(workdir, "sample")
+    validate.sample(config, shd.make_mesh(config.mesh))
+    return sample_mode.run(config, workdir)
+
+
 def summary(config: Any, workdir: str | None) -> dict:
     from lvt_jax import summary as summary_lib
     return summary_lib.run(config)
 
 
 # Stages built so far, in the order --mode=all runs them.
-PIPELINE: tuple[str, ...] = ("train_vqvae", "encode", "train_transformer")
+PIPELINE: tuple[str, ...] = ("train_vqvae", "encode", "train_transformer", "sample", "evaluate")
 
 MODES: dict[str, Callable[[Any, str | None], Any]] = {
     "train_vqvae": train_vqvae,
     "encode": encode,
     "train_transformer": train_transformer,
+    "sample": sample,
+    "evaluate": evaluate,
     "summary": summary,
 }
 
@@ -67,6 +84,10 @@ def run(config: Any, workdir: str | None, mode: str) -> None:
         from lvt_jax import validate
         validate.pipeline(config, shd.make_mesh(config.mesh))  # all stages, before stage 1
         for m in PIPELINE:
+            if m == "evaluate" and not config.eval.in_pipeline:
+                log.warning("--mode=all: evaluation skipped (eval.in_pipeline=False); run "
+                            "--mode=evaluate on a model with 16-frame clips.")
+                continue
             MODES[m](config, workdir)
         return
     if mode not in MODES:

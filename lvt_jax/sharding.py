@@ -40,6 +40,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("relpos", None),
     ("slices", None),
+    ("classes", None),
 )
 
 

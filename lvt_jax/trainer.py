@@ -198,6 +198,13 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
                 if on_eval:
                     on_eval(step, results)
                 t0 += time.perf_counter() - t_eval  # keep eval time out of throughput
+            every = stage.periodic_every()
+            if every > 0 and step % every == 0 and step < num_steps:
+                t_extra = time.perf_counter()
+                extra = stage.periodic_metrics(state, step, mesh)
+                writer.scalars(step, {f"eval/{k}": v for k, v in extra.items()})
+                log.info("%s step %d: %s", stage.name, step, _brief(extra))
+                t0 += time.perf_counter() - t_extra
         bar.close()
         if last_saved != step:
             ckpt.save(step, state, train_iter.get_state(), force=True)

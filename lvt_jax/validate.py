@@ -38,9 +38,15 @@ def vqvae(config: Any, mesh: Mesh) -> None:
     for k in ("num_steps", "log_every", "checkpoint_every", "keep"):
         if int(t[k]) <= 0:
             raise ValueError(f"vqvae.train.{k}={t[k]} must be positive.")
-    if d.name not in ("bair", "synthetic_pushing"):
-        raise ValueError(f"data.name={d.name!r}: known datasets are 'bair' and "
-                         "'synthetic_pushing'.")
+    if d.name not in ("bair", "synthetic_pushing", "kinetics600"):
+        raise ValueError(f"data.name={d.name!r}: known datasets are 'bair', "
+                         "'synthetic_pushing' and 'kinetics600'.")
+    for k in ("frames_per_video_sample", "eval_frames_per_video"):
+        if int(t.get(k, 0)) < 0:
+            raise ValueError(f"vqvae.train.{k}={t[k]} must be >= 0 (0: every frame).")
+    if int(t.get("eval_frames_per_video", 0)) > int(d.frames_per_video):
+        raise ValueError(f"vqvae.train.eval_frames_per_video={t.eval_frames_per_video} is "
+                         f"longer than the videos (data.frames_per_video={d.frames_per_video}).")
 
 
 def _positive(section: str, cfg: Any, keys: tuple[str, ...]) -> None:
@@ -100,6 +106,17 @@ def transformer(config: Any, mesh: Mesh) -> None:
     if not 0 <= int(t.n_prime) < clip[0]:
         raise ValueError(f"transformer.train.n_prime={t.n_prime} must lie in [0, "
                          f"{clip[0]}) (priming frames of a {clip[0]}-frame clip).")
+    classes = int(m.get("num_classes", 0))
+    if classes < 0:
+        raise ValueError(f"transformer.model.num_classes={classes} must be >= 0 (0: off).")
+    if classes > 0 and d.name != "kinetics600":
+        raise ValueError(f"transformer.model.num_classes={classes}: class conditioning needs "
+                         f"a labelled dataset (kinetics600), but data.name={d.name!r} has no "
+                         "labels; set --config.transformer.model.num_classes=0.")
+    if d.name == "kinetics600" and int(d.clip_length) > int(d.kinetics.min_frames):
+        raise ValueError(f"data.clip_length={d.clip_length} is longer than the shortest "
+                         f"Kinetics clip kept (data.kinetics.min_frames={d.kinetics.min_frames});"
+                         " raise min_frames (a new preparation) or lower clip_length.")
     if int(m.d_model) < 6:
         raise ValueError(f"transformer.model.d_model={m.d_model}: the 3-D position encoding "
                          "needs d_model >= 6.")
@@ -110,3 +127,31 @@ def pipeline(config: Any, mesh: Mesh) -> None:
     vqvae(config, mesh)
     encode(config)
     transformer(config, mesh)
+    sample(config, mesh)
+    if config.eval.in_pipeline:
+        from lvt_jax import evaluate
+        evaluate.check_config(config)
+
+
+def sample(config: Any, mesh: Mesh) -> None:
+    """--mode=sample settings: sampler, controls, priming frames, batch vs devices."""
+    import os
+
+    from lvt_jax.sampling import SAMPLERS, first_slice, make_controls
+    s = config.sample
+    if s.sampler not in SAMPLERS:
+        raise ValueError(f"sample.sampler={s.sampler!r}: choose one of {SAMPLERS} "
+                         "(--sampler=naive for the reference's method).")
+    make_controls(s.temperature, s.top_k, s.top_p)
+    m = config.transformer.model
+    first_slice(tuple(m.clip_shape), tuple(m.stride), int(s.n_prime))
+    if s.batch_size < 1:
+        raise ValueError(f"sample.batch_size={s.batch_size}: must be at least 1.")
+    batch_divides("sample.batch_size", int(s.batch_size), mesh, shd.rules_from_config(config))
+    if s.num_videos < 1:
+        raise ValueError(f"sample.num_videos={s.num_videos}: must be at least 1.")
+    if s.prime and not os.path.exists(s.prime):
+        raise FileNotFoundError(f"sample.prime={s.prime!r} does not exist; pass a video file, "
+                                "an image or a folder of images (or unset it to use test videos).")
+    if s.fps <= 0:
+        raise ValueError(f"sample.fps={s.fps}: must be positive.")

@@ -19,3 +19,17 @@ def tiny_data_dir(tmp_path_factory):
     for split in ("train", "test"):
         pipeline.load_videos(cfg.data, split)
     return str(d)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tiny_data_dir, tmp_path_factory):
+    """One --mode=all run of the tiny demo for the session: (config, workdir).
+
+    Tests read its workdir (checkpoints, codes, samples) and must not modify it.
+    """
+    from lvt_jax import run
+    from tests.helpers import tiny_config
+    workdir = str(tmp_path_factory.mktemp("pipeline"))
+    cfg = tiny_config(tiny_data_dir)
+    run.run(cfg, workdir, "all")
+    return cfg, workdir

@@ -1,6 +1,6 @@
 """--mode=all on the tiny demo (stage 1, encode, stage 2) and the code dataset it writes.
 
-One pipeline run per module (the compiles dominate); the tests below read its workdir.
+The pipeline runs once per session (conftest.pipeline_run); these tests read its workdir.
 """
 import json
 import math
@@ -15,14 +15,6 @@ from lvt_jax.data import codes as codes_lib
 from lvt_jax.data import pipeline
 from lvt_jax.stages.vqvae import VQVAEStage, to_model_input
 from tests.helpers import mesh_of, tiny_config
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tiny_data_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("pipeline"))
-    cfg = tiny_config(tiny_data_dir)
-    run.run(cfg, workdir, "all")
-    return cfg, workdir
 
 
 def test_mode_all_trains_both_stages(pipeline_run):

@@ -139,7 +139,10 @@ def reference_transformer_state(c, seed=0, scale=0.2):
   sd['encoder.positional_encoder.inv_timescales'] = inv_ts(de)
   sd.update(bla('encoder', c.enc_layers, masked=False))
   sd['encoder.slice_embedding.weight'] = rnd(subscale.num_slices(c.stride), de)
-  sd['encoder.linear_projector.weight'] = rnd(d, de, 1, 1, 1)
+  classes = int(c.get('num_classes', 0))
+  if classes:  # VTEncoder(class_num > 0)
+    sd['encoder.class_embedding.weight'] = rnd(classes, de, s=1.0)
+  sd['encoder.linear_projector.weight'] = rnd(d, 2 * de if classes else de, 1, 1, 1)
   for k in range(nc):
     sd[f'decoder.ch_embedder.{k}.weight'] = rnd(nv, de)
   w = rnd(d, de, 3, 3, 3)
@@ -326,7 +329,7 @@ def np_position_encoding(x):
   return out
 
 
-def np_reference_transformer(sd, c, codes, slice_idx):
+def np_reference_transformer(sd, c, codes, slice_idx, class_idx=None):
   """Logits [B, t, h, w, nc, nv] of the reference VideoTransformer (mode 'logits')."""
   nc, nv = c.num_codebooks, c.vocab_size
   video = np.moveaxis(codes, -1, 1)  # (B, nc, T, H, W)
@@ -335,6 +338,9 @@ def np_reference_transformer(sd, c, codes, slice_idx):
   x = np_conv3d(np_one_hot_padded(ctx, nv), sd['encoder.conv.weight'], sd['encoder.conv.bias'],
                 stride=c.stride)
   x = x + sd['encoder.slice_embedding.weight'][slice_idx][None, :, None, None, None]
+  if class_idx is not None:  # torch.cat([x, class_emb.expand_as(x)], dim=1)
+    emb = sd['encoder.class_embedding.weight'][np.atleast_1d(class_idx)]  # (B, de)
+    x = np.concatenate([x, np.broadcast_to(emb[:, :, None, None, None], x.shape)], axis=1)
   x = np_conv3d(x, sd['encoder.linear_projector.weight'], None)
   for i in range(c.enc_layers):
     x = np_block_local_attention(sd, f'encoder.block_local_attention.{i}.', x, c.block_shape,
@@ -563,6 +569,26 @@ def test_whole_transformer_reproduces_numpy_reference_logits(variant, overrides)
                                         jnp.asarray(idx)))
   for b in range(2):
     want = np_reference_transformer(f64(sd), c, codes[b:b + 1], int(idx[b]))[0]
+    np.testing.assert_allclose(got[b], want, atol=2e-3, rtol=2e-3, err_msg=f'clip {b}')
+
+
+def test_class_conditional_transformer_reproduces_numpy_reference_logits():
+  """CLASS_NUM > 0: class table and the 2*de-wide projector map onto ours exactly."""
+  c = tiny_transformer_config('dsfvt_tiny', num_classes=5, block_shape=(1, 2, 2))
+  sd = reference_transformer_state(c, seed=9)
+  params = rm.transformer_from_reference(sd, c)
+  assert params['encoder']['class_embedding'].shape == (5, c.emb_dim)
+  assert params['encoder']['proj'].shape == (2 * c.emb_dim, c.d_model)
+  model = build_model(c)
+  rng = np.random.default_rng(10)
+  codes = rng.integers(0, c.vocab_size, (2, *c.clip_shape, c.num_codebooks)).astype(np.int32)
+  idx = np.array([3, 2], np.int32)
+  labels = np.array([4, 1], np.int32)
+  got = np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(codes),
+                                        jnp.asarray(idx), jnp.asarray(labels)))
+  for b in range(2):
+    want = np_reference_transformer(f64(sd), c, codes[b:b + 1], int(idx[b]),
+                                    class_idx=int(labels[b]))[0]
     np.testing.assert_allclose(got[b], want, atol=2e-3, rtol=2e-3, err_msg=f'clip {b}')
 
 

@@ -169,9 +169,12 @@ def test_real_init_zero_relative_bias_and_finite_loss():
   variables = tr.init_variables(model, jax.random.key(0, impl='rbg'))
   params = nn.meta.unbox(variables)
   for part in ('encoder', 'decoder'):
-    layer = params['params'][part]['attention']['layers']['layer']
-    for ax in 'thw':
-      assert np.all(np.asarray(layer[f'rel_{ax}']) == 0)
+    att = params['params'][part]['attention']
+    layers = [att['layers']['layer']] if 'layers' in att else list(att.values())
+    assert layers
+    for layer in layers:  # scanned (stacked) or one entry per layer
+      for ax in 'thw':
+        assert np.all(np.asarray(layer[f'rel_{ax}']) == 0)
   codes = _random_codes(model.config, 2, seed=5)
   logits = jax.jit(model.apply)(variables, codes, jnp.array([1, 2], jnp.int32))
   lp = jax.nn.log_softmax(logits)

@@ -62,6 +62,8 @@ def train_transformer(config: Any, batch_size: int, steps: int, warmup: int) -> 
     codes = rng.integers(0, m.vocab_size, (batch_size, *m.clip_shape, m.num_codebooks))
     stage = TransformerStage(config)
     batch = {"codes": codes.astype(np.int16)}
+    if int(m.get("num_classes", 0)) > 0:  # class-conditional: one class id per clip
+        batch["label"] = rng.integers(0, m.num_classes, (batch_size,)).astype(np.int32)
     r = time_train_step(stage, batch, steps, warmup)
     r["flops_per_step"] = unrolled_step_flops(config, batch)
     r["flops_source"] = "XLA cost analysis of the step with unrolled layers"

@@ -9,8 +9,11 @@ Layout of one split, WORKDIR/codes/<split>/ (written by `lvt_jax.encode`):
 * `spec.json`: what the codes were made from (split, video count, sharding, stage-1
   checkpoint step and model config, data config). Written before any shard, so an encode
   that resumes with different inputs fails instead of mixing codes of two models.
-* `metadata.json`: the spec plus shard files, code shape and dtype. Written last (by
-  process 0, once every shard exists): its presence means the split is complete.
+* `labels.npy` (labelled datasets only, e.g. Kinetics): int32 [num_videos], video i's
+  class id, so a class-conditional stage 2 reads labels without touching the videos.
+* `metadata.json`: the spec plus shard files, code shape and dtype (and `labels` when
+  labels.npy exists). Written last (by process 0, once every shard exists): its presence
+  means the split is complete.
 
 Why this design: a shard is written under a temporary name and renamed when complete,
 so a shard file is either absent or whole; a restarted encode skips existing shards and
@@ -28,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 FORMAT = "lvt_jax.codes/v1"
+LABELS_FILE = "labels.npy"
 HEADER_DTYPE = np.dtype("<i4")
 CODE_DTYPE = np.dtype("<i2")
 _HEADER_BYTES = 4 * HEADER_DTYPE.itemsize
@@ -85,6 +89,14 @@ def write_shard(path: str, videos: Sequence[np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def write_labels(directory: str, labels: np.ndarray) -> None:
+    """Writes labels.npy (int32 [num_videos]) atomically."""
+    path = os.path.join(directory, LABELS_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, np.asarray(labels, np.int32))
+    os.replace(tmp, path)
+
+
 def read_json(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
@@ -124,6 +136,13 @@ class CodeSource:
                 f"code shards are missing: {missing[:3]}...; rerun --mode=encode (it "
                 "re-encodes only the missing shards).")
         self._source = None
+        self.labels: np.ndarray | None = None
+        if meta.get("labels"):
+            self.labels = np.load(os.path.join(directory, meta["labels"]))
+            if len(self.labels) != len(self):
+                raise ValueError(f"{directory}: {meta['labels']} holds {len(self.labels)} "
+                                 f"labels for {len(self)} videos; delete the directory and "
+                                 "rerun --mode=encode.")
 
     def _open(self):
         if self._source is None:
@@ -172,6 +191,7 @@ class CodeClipTransform:
 
     clip_length: int
     random_start: bool
+    with_labels: bool = False  # also {'label': int32}: the video's class id
 
     def __call__(self, source: Any, index: int, rng: np.random.Generator) -> dict:
         codes = source[int(index)]
@@ -180,18 +200,37 @@ class CodeClipTransform:
             raise ValueError(f"clip_length {self.clip_length} is longer than video {index} "
                              f"({length} frames of codes); lower data.clip_length.")
         start = int(rng.integers(0, length - self.clip_length + 1)) if self.random_start else 0
-        return {"codes": np.asarray(codes[start:start + self.clip_length])}
+        out = {"codes": np.asarray(codes[start:start + self.clip_length])}
+        if self.with_labels:
+            out["label"] = np.int32(source.labels[int(index)])
+        return out
 
 
 def make_code_iterator(directory: str, clip_length: int, global_batch: int,
-                       sharding: Any, *, seed: int, train: bool, data_cfg: Any = None):
+                       sharding: Any, *, seed: int, train: bool, data_cfg: Any = None,
+                       num_classes: int = 0):
     """Batches {'codes': int16 [B, clip_length, h, w, nc]} (+ 'mask' [B] in eval).
 
     Train: shuffled videos, a random window each, forever. Eval: every video once, its
-    first clip_length frames, the last batch zero-padded with mask 0.
+    first clip_length frames, the last batch zero-padded with mask 0. num_classes > 0
+    (class-conditional stage 2): batches also carry 'label' int32 [B], checked to lie in
+    [0, num_classes) before any batch is made.
     """
     from lvt_jax.data import pipeline
     source = CodeSource(directory)
+    if num_classes > 0:
+        if source.labels is None:
+            raise ValueError(f"transformer.model.num_classes={num_classes} but the codes in "
+                             f"{directory} carry no labels (the dataset has none, or it was "
+                             "encoded before labels were stored): use a labelled dataset "
+                             "(kinetics600) and rerun --mode=encode, or set num_classes=0.")
+        bad = (source.labels < 0) | (source.labels >= num_classes)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} videos in {directory} have labels outside "
+                             f"[0, {num_classes}) (e.g. video {int(np.flatnonzero(bad)[0])}: "
+                             f"{int(source.labels[bad][0])}; -1 = unlabelled); set "
+                             "transformer.model.num_classes to the dataset's class count "
+                             f"(labels go up to {int(source.labels.max())}).")
     if clip_length > source.min_frames:
         raise ValueError(f"clip_length {clip_length} is longer than the shortest encoded "
                          f"video ({source.min_frames} frames) in {directory}; lower "
@@ -199,7 +238,8 @@ def make_code_iterator(directory: str, clip_length: int, global_batch: int,
     get = (lambda k, d: d) if data_cfg is None else (
         lambda k, d: data_cfg.get(k, d) if data_cfg.get(k, d) is not None else d)
     return pipeline.make_array_iterator(
-        source, CodeClipTransform(int(clip_length), random_start=bool(train)), len(source),
+        source, CodeClipTransform(int(clip_length), random_start=bool(train),
+                                  with_labels=num_classes > 0), len(source),
         global_batch, sharding, seed=seed, train=train,
         worker_count=int(get("worker_count", 0)), prefetch=int(get("prefetch", 2)),
         read_threads=int(get("read_threads", 2)))

@@ -45,7 +45,7 @@ _SHUFFLE_STREAM = 0x5EED  # distinct SeedSequence streams for the shuffle and pe
 _SAMPLE_STREAM = 0x5A3
 _TRAIN_STEPS = 2**40  # "forever": a finite length keeps grain's index arithmetic simple
 
-DATASETS = ("synthetic_pushing", "bair")
+DATASETS = ("synthetic_pushing", "bair", "kinetics600")
 KINDS = ("frames", "clips")
 
 
@@ -65,14 +65,31 @@ class VideoSource:
 
     Keeps the last few decoded videos: eval over frames reads the frames of one video
     consecutively, so each video is decoded once instead of T times.
+
+    num_frames / labels (int32 [N], optional): every video's length and class, known
+    without decoding (Kinetics stores them beside its shards). Without num_frames every
+    video is assumed as long as video 0 (BAIR, synthetic_pushing: all 30 frames).
     """
 
     def __init__(
-        self, data_source: RandomAccessSource, feature: str = "video", cache_size: int = 4
+        self,
+        data_source: RandomAccessSource,
+        feature: str = "video",
+        cache_size: int = 4,
+        num_frames: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ):
         self._data_source = data_source
         self._feature = feature
         self._cache_size = cache_size
+        for name, arr in (("num_frames", num_frames), ("labels", labels)):
+            if arr is not None and len(arr) != len(data_source):
+                raise ValueError(
+                    f"{name} has {len(arr)} entries for {len(data_source)} videos; the "
+                    "dataset's clip index does not match its shards: prepare it again."
+                )
+        self._num_frames = None if num_frames is None else np.asarray(num_frames, np.int64)
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
         self._init_cache()
 
     def _init_cache(self) -> None:
@@ -114,8 +131,20 @@ class VideoSource:
 
     @property
     def video_shape(self) -> tuple[int, ...]:
-        """(T, H, W, 3) of every video (all videos of a split share it)."""
+        """(T, H, W, 3) of video 0 (every video's, unless lengths vary: see frame_counts)."""
         return tuple(self[0].shape)
+
+    @property
+    def frame_counts(self) -> np.ndarray:
+        """int64 [N]: the number of frames of every video."""
+        if self._num_frames is None:
+            return np.full(len(self), self.video_shape[0], np.int64)
+        return self._num_frames
+
+    @property
+    def variable_length(self) -> bool:
+        counts = self.frame_counts
+        return bool(len(counts)) and bool((counts != counts[0]).any())
 
 
 def _cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -152,6 +181,22 @@ def _make_builder(data_cfg: Any):
             data_dir=data_dir,
             file_format="array_record",
         )
+    if name == "kinetics600":
+        from lvt_jax.data import kinetics
+
+        kin = _cfg_get(data_cfg, "kinetics", {})
+        return kinetics.Kinetics600(
+            source_dir=_cfg_get(kin, "source_dir"),
+            num_workers=int(_cfg_get(kin, "num_workers", 0)),
+            clips_per_shard=int(_cfg_get(kin, "clips_per_shard", 256)),
+            config=kinetics.make_config(
+                size=int(_cfg_get(data_cfg, "image_size", 64)),
+                fps=_cfg_get(kin, "fps"),
+                min_frames=int(_cfg_get(kin, "min_frames", 16)),
+            ),
+            data_dir=data_dir,
+            file_format="array_record",
+        )
     raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}.")
 
 
@@ -170,6 +215,10 @@ def _prepare(builder: Any) -> None:
             from lvt_jax.data import bair
 
             bair.locate_source(builder.source_dir)  # fail in seconds if files are missing
+        if builder.name == "kinetics600":
+            from lvt_jax.data import kinetics_source
+
+            kinetics_source.locate_source(builder.source_dir)  # fails fast, naming paths
         logging.info("Preparing %s in %s (one-time).", builder.info.full_name, builder.data_dir)
         builder.download_and_prepare(
             file_format="array_record",
@@ -194,17 +243,32 @@ def load_videos(data_cfg: Any, split: str) -> VideoSource:
     """Random-access videos of `split` ('train' | 'test'); builds the dataset on first use.
 
     synthetic_pushing is generated on the spot; bair is converted from the local files in
-    data_cfg.bair_source_dir (never downloaded). Reading needs numpy only.
+    data_cfg.bair_source_dir, kinetics600 from the clips in data_cfg.kinetics.source_dir
+    (never downloaded). Reading needs numpy only. For kinetics600 the split 'test' means
+    data_cfg.kinetics.test_split ('test' or 'validation').
     """
     builder = _make_builder(data_cfg)
     _prepare(builder)
+    if builder.name == "kinetics600" and split.split("[", 1)[0] == "test":
+        alias = str(_cfg_get(_cfg_get(data_cfg, "kinetics", {}), "test_split", "test"))
+        split = alias + split[len("test") :]
     available = list(builder.info.splits.keys())
     base_split = split.split("[", 1)[0]
     if base_split not in available:
-        raise ValueError(
-            f"split {split!r} not in {builder.info.full_name}: choose from {available}."
+        hint = (
+            " (for evaluation set --config.data.kinetics.test_split to one of them)"
+            if builder.name == "kinetics600"
+            else ""
         )
-    return VideoSource(builder.as_data_source(split=split))
+        raise ValueError(
+            f"split {split!r} not in {builder.info.full_name}: choose from {available}{hint}."
+        )
+    index = builder.clip_index(split) if hasattr(builder, "clip_index") else {}
+    return VideoSource(
+        builder.as_data_source(split=split),
+        num_frames=index.get("num_frames"),
+        labels=index.get("label"),
+    )
 
 
 # --------------------------------------------------------------------------- transforms
@@ -212,7 +276,11 @@ def load_videos(data_cfg: Any, split: str) -> VideoSource:
 
 @dataclasses.dataclass(frozen=True)
 class FrameTransform:
-    """Sample index -> one frame: video = index // T, t = index % T."""
+    """Sample index -> one frame: video = index // T, t = index % T.
+
+    With T the videos' length this is every frame of every video; with a smaller T, the
+    first T frames of each (Kinetics stage-1 evaluation: the first 16, as the reference).
+    """
 
     num_frames: int
 
@@ -220,6 +288,37 @@ class FrameTransform:
         del rng
         video, t = divmod(int(index), self.num_frames)
         return {"image": np.asarray(source[video][t])}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IndexedFrameTransform:
+    """Sample index -> one frame, every frame of videos of varying length, in order.
+
+    offsets[v] is the sample index of video v's first frame (cumulative frame counts).
+    """
+
+    offsets: np.ndarray
+
+    def __call__(self, source: RandomAccessSource, index: int, rng: np.random.Generator) -> Batch:
+        del rng
+        video = int(np.searchsorted(self.offsets, int(index), side="right")) - 1
+        return {"image": np.asarray(source[video][int(index) - int(self.offsets[video])])}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFrameTransform:
+    """Sample index -> one uniformly random frame of video index // per_video.
+
+    The LVT reference's Kinetics stage 1 ("one random frame per video per sample"): an
+    epoch visits every video per_video times whatever its length, so long clips do not
+    dominate; the frame comes from the per-sample RNG (a function of (seed, position)).
+    """
+
+    per_video: int
+
+    def __call__(self, source: RandomAccessSource, index: int, rng: np.random.Generator) -> Batch:
+        video = np.asarray(source[int(index) // self.per_video])
+        return {"image": video[int(rng.integers(0, video.shape[0]))]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -656,22 +755,54 @@ def make_iterator(
     train: bool,
     process_index: int | None = None,
     process_count: int | None = None,
+    frames_per_video: int = 0,
+    eval_frames_per_video: int = 0,
 ) -> BatchIterator:
     """Video batches: kind 'frames' -> {'image': uint8 [B,H,W,3]} over every frame of every
     video; kind 'clips' -> {'video': uint8 [B,L,H,W,3]}, L = data_cfg.clip_length, random
     window in train, first L frames in eval. Eval batches also carry 'mask' float32 [B].
+
+    Frames, as stage 1 samples them: frames_per_video=0 takes every frame of every video
+    (BAIR); k > 0 takes k uniformly random frames per video per epoch (Kinetics: 1). In
+    eval (train=False), eval_frames_per_video=0 takes every frame, K > 0 the first K of
+    each video (Kinetics: 16, the reference's test setting). Videos may differ in length.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     source = load_videos(data_cfg, split)
-    num_frames = source.video_shape[0]
+    counts = source.frame_counts
+    shortest = int(counts.min()) if len(counts) else 0
+    per_video = int(frames_per_video if train else eval_frames_per_video)
+    if per_video < 0:
+        raise ValueError(f"frames per video must be >= 0, got {per_video}.")
     if kind == "frames":
-        transform: Transform = FrameTransform(num_frames)
-        num_items = len(source) * num_frames
+        transform: Transform
+        if per_video == 0 and not source.variable_length:
+            transform = FrameTransform(shortest)
+            num_items = len(source) * shortest
+        elif per_video == 0:
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            transform = IndexedFrameTransform(offsets)
+            num_items = int(offsets[-1])
+        elif train:
+            transform = RandomFrameTransform(per_video)
+            num_items = len(source) * per_video
+        else:
+            if per_video > shortest:
+                raise ValueError(
+                    f"eval_frames_per_video={per_video} is longer than the shortest {split} "
+                    f"video ({shortest} frames); lower it."
+                )
+            transform = FrameTransform(per_video)
+            num_items = len(source) * per_video
     else:
-        transform = ClipTransform(
-            int(_cfg_get(data_cfg, "clip_length", 16)), random_start=bool(train)
-        )
+        clip_length = int(_cfg_get(data_cfg, "clip_length", 16))
+        if clip_length > shortest:
+            raise ValueError(
+                f"clip_length {clip_length} is longer than the shortest {split} video "
+                f"({shortest} frames); lower data.clip_length."
+            )
+        transform = ClipTransform(clip_length, random_start=bool(train))
         transform(source, 0, sample_rng(0, 0))  # fail now, not in a worker, if clips don't fit
         num_items = len(source)
     return make_array_iterator(
@@ -694,6 +825,8 @@ __all__ = [
     "BatchIterator",
     "ClipTransform",
     "FrameTransform",
+    "IndexedFrameTransform",
+    "RandomFrameTransform",
     "RandomAccessSource",
     "VideoSource",
     "load_videos",

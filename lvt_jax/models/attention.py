@@ -11,6 +11,13 @@ order). One layer::
 ``2 * extent - 1``, zero-initialised (``dt = t_query - t_key``). In a masked
 (decoder) layer a position attends to itself and earlier positions of its
 block; masked logits are *set* to ``-1e4`` (not ``-inf``). No final LayerNorm.
+
+Speed (XLA:CPU, measured in ``docs/benchmarks.md``): the projections
+(:mod:`lvt_jax.models.linear`) and the attention core (:func:`block_attention`)
+carry hand-written gradients. They equal autodiff of the plain formula (to float32
+rounding, tested) but run in forms XLA:CPU is fast at: plain 2-D products, and the
+softmax backward from ``rowsum(dO * O)`` (one pass over ``[.., L, da]`` instead of
+two over ``[.., L, L]``, and no separate mask pass).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lvt_jax.models.linear import dense, dense_dot_general, dense_shared
 
 MASK_VALUE = -1e4
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
@@ -104,13 +113,65 @@ def _add_shared_bias_fwd(logits, bias):
 
 
 def _add_shared_bias_bwd(_, g):
-  lead = int(np.prod(g.shape[:-3]))
-  ones = jnp.ones((lead,), g.dtype)
-  dbias = jnp.dot(ones, g.reshape(lead, -1), precision=jax.lax.Precision.HIGHEST)
-  return g, dbias.reshape(g.shape[-3:])
+  return g, _sum_leading(g, 3)
 
 
 add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
+
+
+def _sum_leading(g: jax.Array, keep: int) -> jax.Array:
+  """Sum of ``g`` over all but its last ``keep`` axes, as a ones-vector product (see
+  :func:`add_shared_bias`: a leading-axis reduce is slow on XLA:CPU)."""
+  lead = int(np.prod(g.shape[:g.ndim - keep]))
+  ones = jnp.ones((lead,), g.dtype)
+  out = jnp.dot(ones, g.reshape(lead, -1), precision=jax.lax.Precision.HIGHEST)
+  return out.reshape(g.shape[g.ndim - keep:])
+
+
+def _attention_probs(q, k, bias, masked, mask_value):
+  """float32 softmax of ``q k^T + bias`` (masked logits set to ``mask_value``)."""
+  logits = jnp.einsum('bhqk,bhsk->bhqs', q, k, preferred_element_type=jnp.float32) + bias
+  if masked:
+    logits = jnp.where(causal_mask(q.shape[-2]), logits, jnp.float32(mask_value))
+  return jax.nn.softmax(logits, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
+                    masked: bool, mask_value: float = MASK_VALUE) -> jax.Array:
+  """``softmax(q k^T + bias) v`` per block and head.
+
+  ``q, k, v [G, heads, L, da]`` (``q`` already scaled by ``1/sqrt(da)``), ``bias
+  [heads, L, L]`` float32 shared by all ``G`` blocks; masked: key ``j > i`` is *set* to
+  ``mask_value``. The backward pass uses ``rowsum(p * dp) = rowsum(dO * O)``.
+  """
+  probs = _attention_probs(q, k, bias, masked, mask_value).astype(v.dtype)
+  return jnp.einsum('bhqs,bhsk->bhqk', probs, v)
+
+
+def _block_attention_fwd(q, k, v, bias, masked, mask_value):
+  probs = _attention_probs(q, k, bias, masked, mask_value).astype(v.dtype)
+  out = jnp.einsum('bhqs,bhsk->bhqk', probs, v)
+  return out, (q, k, v, probs, out)
+
+
+def _block_attention_bwd(masked, mask_value, res, dout):
+  q, k, v, probs, out = res
+  f32 = jnp.float32
+  dprobs = jnp.einsum('bhqk,bhsk->bhqs', dout, v, preferred_element_type=f32)
+  delta = jnp.sum(dout.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
+  dlogits = probs.astype(f32) * (dprobs - delta)
+  if masked:  # a set (not added) logit has no gradient
+    dlogits = jnp.where(causal_mask(q.shape[-2]), dlogits, f32(0))
+  dbias = _sum_leading(dlogits, 3)
+  dlogits = dlogits.astype(q.dtype)
+  dq = jnp.einsum('bhqs,bhsk->bhqk', dlogits, k)
+  dk = jnp.einsum('bhqs,bhqk->bhsk', dlogits, q)
+  dv = jnp.einsum('bhqs,bhqk->bhsk', probs, dout)
+  return dq, dk, dv, dbias
+
+
+block_attention.defvjp(_block_attention_fwd, _block_attention_bwd)
 
 
 class BlockLocalAttentionLayer(nn.Module):
@@ -160,28 +221,28 @@ class BlockLocalAttentionLayer(nn.Module):
 
     y = self._ln('ln_attn')(x)
     yb = split_blocks(y, self.block_shape)  # [B, nb, L, d]
+    nb = yb.shape[1]
     cast = lambda p: jnp.asarray(p, self.dtype)
-    q = jnp.einsum('bnld,dhk->bnlhk', yb, cast(wq))
-    k = jnp.einsum('bnld,dhk->bnlhk', yb, cast(wk))
-    v = jnp.einsum('bnld,dhk->bnlhk', yb, cast(wv))
-    logits = jnp.einsum('bnqhk,bnshk->bnhqs', q, k).astype(jnp.float32) / np.sqrt(da)
-    logits = add_shared_bias(logits, relative_bias([b.astype(jnp.float32) for b in banks],
-                                                   self.block_shape))
-    if self.masked:
-      logits = jnp.where(causal_mask(L), logits, jnp.float32(self.mask_value))
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    o = jnp.einsum('bnhqs,bnshk->bnqhk', probs, v)
-    o = jnp.einsum('bnqhk,hkd->bnqd', o, cast(wo))
-    x = x + merge_blocks(o, (T, H, W), self.block_shape)
+    # Rows = positions, columns = (head, k): the projections are plain 2-D products.
+    q, k, v = dense_shared(yb.reshape(-1, d), tuple(cast(w).reshape(d, nh * da)
+                                                    for w in (wq, wk, wv)))
+    heads = lambda t: t.reshape(B * nb, L, nh, da).transpose(0, 2, 1, 3)  # [G, nh, L, da]
+    q = heads(q) * jnp.asarray(1.0 / np.sqrt(da), self.dtype)
+    bias = relative_bias([b.astype(jnp.float32) for b in banks], self.block_shape)
+    o = block_attention(q, heads(k), heads(v), bias, self.masked, self.mask_value)
+    o = dense(o.transpose(0, 2, 1, 3).reshape(-1, nh * da), cast(wo).reshape(nh * da, d))
+    x = x + merge_blocks(o.reshape(B, nb, L, d), (T, H, W), self.block_shape)
 
     # --- feed-forward (hidden width d) --------------------------------------
     xavier = nn.initializers.xavier_uniform()
     y = self._ln('ln_mlp')(x)
     y = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_in',
+                 dot_general=dense_dot_general,
                  kernel_init=nn.with_logical_partitioning(xavier, ('embed', 'mlp')),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(y)
     y = nn.relu(y)
     y = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_out',
+                 dot_general=dense_dot_general,
                  kernel_init=nn.with_logical_partitioning(xavier, ('mlp', 'embed')),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(y)
     x = x + y

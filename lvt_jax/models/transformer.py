@@ -24,7 +24,9 @@ project's logical axis names; ``nn.meta.unbox`` gives plain arrays.
 Entry points (``model.apply(variables, ..., method=...)``):
 
 * ``__call__(codes, slice_idx)`` -- teacher-forced logits of one slice per clip;
-* ``encode_context(codes, slice_idx)`` -> encoder output ``[B, t, h, w, d]``;
+* ``encode_context(codes, slice_idx, labels=None)`` -> encoder output ``[B, t, h, w, d]``
+  (``labels`` int32 ``[B]``: class ids, only for a class-conditional model,
+  ``config.num_classes > 0``; ``__call__`` and ``clip_logits`` take them too);
 * ``decode(slice_codes, enc_out)`` -> decoder hidden ``[B, t, h, w, d]``;
 * ``predict_channels(hidden, codes)`` -> logits ``[..., nc, nv]`` (teacher-forced);
 * ``predict_codebook(hidden, codes, k)`` -> logits ``[..., nv]`` of codebook k
@@ -47,6 +49,7 @@ import numpy as np
 from lvt_jax.models import subscale
 from lvt_jax.models.attention import LN_EPS, AttentionStack
 from lvt_jax.models.context import ContextConv
+from lvt_jax.models.linear import dense_nd
 from lvt_jax.models.masked_conv import MaskedConv3D
 from lvt_jax.models.position import sinusoidal_3d
 
@@ -100,7 +103,11 @@ def default_transformer_config(variant: str = 'dsfvt') -> ml_collections.ConfigD
   c.pe_max_timescale = 1.0e4
   c.dtype = 'float32'  # activations
   c.param_dtype = 'float32'
-  c.scan_layers = True  # nn.scan over identical layers (params stacked)
+  c.num_classes = 0  # > 0: class-conditional encoder (Kinetics classes), see Encoder
+  # nn.scan over identical layers (params stacked under layers/layer) compiles faster;
+  # unrolled (layer_0 .. layer_{n-1}) trains 5-10% faster on XLA:CPU at the paper's
+  # sizes (docs/benchmarks.md), so it is the default.
+  c.scan_layers = False
   c.remat = False  # nn.remat each layer
   return c
 
@@ -122,7 +129,18 @@ def validate_config(c) -> None:
 
 
 class Encoder(nn.Module):
-  """Context (earlier slices) -> ``[B, t, h, w, d]``."""
+  """Context (earlier slices) -> ``[B, t, h, w, d]``.
+
+  ``num_classes > 0`` makes it class-conditional as the reference's
+  ``VTEncoder(class_num=...)`` (``vidgen/modeling/autoregressive/videotransformer.py``):
+  a learned ``class_embedding`` table ``[num_classes, de]`` (``nn.Embedding(class_num,
+  de)``) is concatenated with the slice features ``[..., de]`` before the 1x1 projection,
+  which then reads ``2 * de`` channels (``nn.Conv3d(2 * de, d, 1, bias=False)``; ours:
+  ``proj [2 * de, d]``, rows ``de..2de-1`` for the class). The class part is the same for
+  every position of a clip, so it is projected once per clip and added (same result as
+  projecting the concatenation). ``num_classes = 0`` (default): no class parameters,
+  ``proj [de, d]``, and ``labels`` is ignored.
+  """
   num_codebooks: int
   vocab_size: int
   d_model: int
@@ -137,9 +155,11 @@ class Encoder(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, codes: jax.Array, slice_idx: jax.Array) -> jax.Array:
+  def __call__(self, codes: jax.Array, slice_idx: jax.Array,
+               labels: jax.Array | None = None) -> jax.Array:
     x = ContextConv(self.emb_dim, self.vocab_size, self.num_codebooks, tuple(self.stride),
                     tuple(self.context_kernel), dtype=self.dtype,
                     param_dtype=self.param_dtype, name='context_conv')(codes, slice_idx)
@@ -148,10 +168,25 @@ class Encoder(nn.Module):
         nn.with_logical_partitioning(nn.initializers.normal(1.0), ('slices', 'emb')),
         (subscale.num_slices(self.stride), self.emb_dim), self.param_dtype)
     x = x + jnp.asarray(table, self.dtype)[slice_idx][:, None, None, None, :]
+    conditional = self.num_classes > 0
+    if conditional and labels is None:
+      raise ValueError(
+          f'the model is class-conditional (transformer.model.num_classes='
+          f'{self.num_classes}): pass labels=int32 [B] (each clip\'s class id).')
+    in_width = 2 * self.emb_dim if conditional else self.emb_dim
     proj = self.param(
         'proj', nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ('emb', 'embed')),
-        (self.emb_dim, self.d_model), self.param_dtype)
-    x = jnp.einsum('bthwe,ed->bthwd', x, jnp.asarray(proj, self.dtype))
+        (in_width, self.d_model), self.param_dtype)
+    proj = jnp.asarray(proj, self.dtype)
+    x = jnp.einsum('bthwe,ed->bthwd', x, proj[:self.emb_dim])
+    if conditional:
+      chex.assert_shape(labels, (codes.shape[0],))
+      classes = self.param(
+          'class_embedding',
+          nn.with_logical_partitioning(nn.initializers.normal(1.0), ('classes', 'emb')),
+          (self.num_classes, self.emb_dim), self.param_dtype)
+      cls = jnp.asarray(classes, self.dtype)[jnp.asarray(labels, jnp.int32)]  # [B, de]
+      x = x + (cls @ proj[self.emb_dim:])[:, None, None, None, :]
     x = nn.with_logical_constraint(x, ('batch', None, None, None, None))
     return AttentionStack(self.num_layers, self.num_heads, self.head_dim,
                           tuple(self.block_shape), masked=False, scan=self.scan_layers,
@@ -202,8 +237,7 @@ class Decoder(nn.Module):
     return sinusoidal_3d(shape, self.d_model, self.pe_min_timescale, self.pe_max_timescale)
 
   def project_encoder(self, enc_out: jax.Array) -> jax.Array:
-    return jnp.einsum('bthwd,de->bthwe', jnp.asarray(enc_out, self.dtype),
-                      jnp.asarray(self.enc_proj, self.dtype))
+    return dense_nd(jnp.asarray(enc_out, self.dtype), jnp.asarray(self.enc_proj, self.dtype))
 
   def __call__(self, slice_codes: jax.Array, enc_out: jax.Array) -> jax.Array:
     x = self.masked_conv(self.embed(slice_codes))
@@ -239,7 +273,7 @@ class CodebookHead(nn.Module):
     cast = lambda p: jnp.asarray(p, self.dtype)
     wh = self.param('hidden_kernel', nn.with_logical_partitioning(_uniform(limit), ('embed', 'mlp')),
                     (d, d), self.param_dtype)
-    u = y @ cast(wh)
+    u = dense_nd(y, cast(wh))
     if k > 0:
       chex.assert_axis_dimension(prev_codes, -1, k)
       wc = self.param('code_kernel',
@@ -255,7 +289,7 @@ class CodebookHead(nn.Module):
                                                  ('mlp', 'vocab')), (d, nv), self.param_dtype)
     bo = self.param('out_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                     (nv,), self.param_dtype)
-    return u @ cast(wo) + cast(bo)
+    return dense_nd(u, cast(wo)) + cast(bo)
 
 
 class ChannelPredictor(nn.Module):
@@ -306,7 +340,8 @@ class LatentVideoTransformer(nn.Module):
                   block_shape=tuple(c.block_shape), scan_layers=c.scan_layers,
                   remat=c.remat, dtype=dtype, param_dtype=pdtype)
     self.encoder = Encoder(num_layers=c.enc_layers, stride=tuple(c.stride),
-                           context_kernel=tuple(c.context_kernel), **common)
+                           context_kernel=tuple(c.context_kernel),
+                           num_classes=int(c.get('num_classes', 0)), **common)
     self.decoder = Decoder(num_layers=c.dec_layers, decoder_kernel=tuple(c.decoder_kernel),
                            pe_min_timescale=c.pe_min_timescale,
                            pe_max_timescale=c.pe_max_timescale, **common)
@@ -327,15 +362,17 @@ class LatentVideoTransformer(nn.Module):
       chex.assert_type(slice_idx, int)
 
   # --- pieces ---------------------------------------------------------------
-  def encode_context(self, codes: jax.Array, slice_idx: jax.Array) -> jax.Array:
+  def encode_context(self, codes: jax.Array, slice_idx: jax.Array,
+                     labels: jax.Array | None = None) -> jax.Array:
     """Encoder output ``[B, t, h, w, d]`` for slice ``slice_idx[b]`` of each clip.
 
     Only positions of slices numbered below ``slice_idx[b]`` are read (and
     negative codes count as pad), so the caller may leave anything in the
-    current and later slices.
+    current and later slices. ``labels`` int32 ``[B]``: class ids, required when
+    ``config.num_classes > 0``, ignored otherwise.
     """
     self._check_clip(codes, slice_idx)
-    out = self.encoder(codes, slice_idx)
+    out = self.encoder(codes, slice_idx, labels)
     chex.assert_shape(out, (codes.shape[0], *self.slice_shape, self.config.d_model))
     return out
 
@@ -364,12 +401,14 @@ class LatentVideoTransformer(nn.Module):
     return self.channel_predictor.codebook(hidden, codes, k)
 
   # --- training entry point -------------------------------------------------
-  def __call__(self, codes: jax.Array, slice_idx: jax.Array) -> jax.Array:
-    """Teacher-forced logits ``[B, t, h, w, nc, nv]`` of slice ``slice_idx[b]``."""
+  def __call__(self, codes: jax.Array, slice_idx: jax.Array,
+               labels: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced logits ``[B, t, h, w, nc, nv]`` of slice ``slice_idx[b]``
+    (``labels``: see :meth:`encode_context`)."""
     c = self.config
     self._check_clip(codes, slice_idx)
     slice_idx = jnp.asarray(slice_idx, jnp.int32)
-    enc = self.encode_context(codes, slice_idx)
+    enc = self.encode_context(codes, slice_idx, labels)
     slice_codes = subscale.get_slice(codes, c.stride, slice_idx)
     hidden = self.decode(slice_codes, enc)
     logits = self.predict_channels(hidden, slice_codes)
@@ -377,7 +416,7 @@ class LatentVideoTransformer(nn.Module):
                                c.vocab_size))
     return logits
 
-  def clip_logits(self, codes: jax.Array) -> jax.Array:
+  def clip_logits(self, codes: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     """Teacher-forced logits of the whole clip ``[B, T, H, W, nc, nv]`` (all slices at once)."""
     c = self.config
     self._check_clip(codes)
@@ -385,7 +424,8 @@ class LatentVideoTransformer(nn.Module):
     S = subscale.num_slices(c.stride)
     rep = jnp.broadcast_to(codes[None], (S,) + codes.shape).reshape((S * B,) + codes.shape[1:])
     idx = jnp.repeat(jnp.arange(S, dtype=jnp.int32), B)
-    logits = self(rep, idx)  # [S*B, t, h, w, nc, nv]
+    rep_labels = None if labels is None else jnp.tile(jnp.asarray(labels, jnp.int32), S)
+    logits = self(rep, idx, rep_labels)  # [S*B, t, h, w, nc, nv]
     logits = logits.reshape((S, B) + logits.shape[1:]).swapaxes(0, 1)
     return subscale.merge_slices(logits, c.stride, axis=1)
 
@@ -431,4 +471,5 @@ def init_variables(model: LatentVideoTransformer, rng: jax.Array, batch_size: in
   c = model.config
   codes = jnp.zeros((batch_size, *c.clip_shape, c.num_codebooks), jnp.int32)
   slice_idx = jnp.zeros((batch_size,), jnp.int32)
-  return jax.jit(model.init)(rng, codes, slice_idx)
+  labels = jnp.zeros((batch_size,), jnp.int32) if c.get('num_classes', 0) else None
+  return jax.jit(model.init)(rng, codes, slice_idx, labels)

@@ -71,6 +71,11 @@ def code_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(-1)
 
 
+def _cond(labels: jax.Array | None) -> dict:
+    """Keyword arguments of a model call: labels only for a class-conditional model."""
+    return {} if labels is None else {"labels": labels}
+
+
 class TransformerStage(Stage):
     """LVT stage 2: params = the LatentVideoTransformer tree, extra = {} (no EMA state)."""
     name = "transformer"
@@ -90,6 +95,7 @@ class TransformerStage(Stage):
         self.n_prime = int(config.transformer.train.n_prime)
         self.slices = trainable_slices(self.clip_shape, self.stride, self.n_prime)
         self.slice_shape = subscale.slice_shape(self.clip_shape, self.stride)
+        self.num_classes = int(m.get("num_classes", 0))  # > 0: batches carry 'label'
 
     @property
     def train_cfg(self):
@@ -100,10 +106,17 @@ class TransformerStage(Stage):
         chex.assert_shape(codes, (None, *self.clip_shape, self.num_codebooks))
         return codes.astype(jnp.int32)
 
+    def _labels(self, batch: dict) -> jax.Array | None:
+        """Class ids int32 [B] for a class-conditional model, else None."""
+        if self.num_classes <= 0:
+            return None
+        return batch["label"].astype(jnp.int32)
+
     def init(self, rng: jax.Array) -> TrainState:
         codes = jnp.zeros((1, *self.clip_shape, self.num_codebooks), jnp.int32)
+        labels = jnp.zeros((1,), jnp.int32) if self.num_classes > 0 else None
         variables = self.model.init(jax.random.wrap_key_data(rng), codes,
-                                    jnp.zeros((1,), jnp.int32))
+                                    jnp.zeros((1,), jnp.int32), **_cond(labels))
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=self.tx.init(params), extra={}, rng=rng)
@@ -113,9 +126,10 @@ class TransformerStage(Stage):
         pick = jax.random.randint(rng, (batch_size,), 0, len(self.slices))
         return jnp.asarray(self.slices)[pick]
 
-    def slice_loss(self, params: Any, codes: jax.Array, slice_idx: jax.Array):
+    def slice_loss(self, params: Any, codes: jax.Array, slice_idx: jax.Array,
+                   labels: jax.Array | None = None):
         """Mean cross-entropy (nats per code) over the counted positions of the slices."""
-        logits = self.model.apply({"params": params}, codes, slice_idx)
+        logits = self.model.apply({"params": params}, codes, slice_idx, **_cond(labels))
         targets = subscale.get_slice(codes, self.stride, slice_idx)
         nll = code_nll(logits, targets)  # [B, t, h, w]
         w = jnp.broadcast_to(frame_weights(slice_idx, self.clip_shape, self.stride,
@@ -128,7 +142,7 @@ class TransformerStage(Stage):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         slice_idx = self.sample_slices(rng, codes.shape[0])
         grad_fn = jax.value_and_grad(self.slice_loss, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, codes, slice_idx)
+        (_, metrics), grads = grad_fn(state.params, codes, slice_idx, self._labels(batch))
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -144,12 +158,14 @@ class TransformerStage(Stage):
         slice per clip.
         """
         codes = self._clip(batch)
+        labels = self._labels(batch)
         mask = batch["mask"].astype(jnp.float32)
         B = codes.shape[0]
 
         def one_slice(s):
             slice_idx = jnp.full((B,), s, jnp.int32)
-            logits = self.model.apply({"params": state.params}, codes, slice_idx)
+            logits = self.model.apply({"params": state.params}, codes, slice_idx,
+                                      **_cond(labels))
             nll = code_nll(logits, subscale.get_slice(codes, self.stride, slice_idx))
             w = frame_weights(slice_idx, self.clip_shape, self.stride, self.n_prime)
             w = jnp.broadcast_to(w * mask[:, None, None, None], nll.shape)
@@ -171,7 +187,35 @@ class TransformerStage(Stage):
         sharding = shd.batch_sharding(mesh, 5, shd.rules_from_config(self.config))
         return codes_lib.make_code_iterator(self.codes_dir(split), self.clip_shape[0], batch,
                                             sharding, seed=int(self.config.seed), train=train,
-                                            data_cfg=self.config.data)
+                                            data_cfg=self.config.data,
+                                            num_classes=self.num_classes)
+
+    def periodic_every(self) -> int:
+        """In-loop FVD every eval.fvd_every steps (needs the workdir's stage-1 checkpoint)."""
+        ev = self.config.get("eval")
+        if ev is None or not self.workdir or int(ev.fvd_every) <= 0:
+            return 0
+        if int(self.config.transformer.model.get("num_classes", 0) or 0) > 0:
+            return 0  # class-conditional: use --mode=evaluate (it passes the class ids)
+        return int(ev.fvd_every)
+
+    def periodic_metrics(self, state: TrainState, step: int, mesh) -> dict:
+        """A cheap FVD (eval.fvd_videos samples) with the live parameters: it tracks
+        progress, it is not the published protocol (--mode=evaluate)."""
+        from lvt_jax.eval import inloop
+        if getattr(self, "_fvd", None) is None:
+            from lvt_jax import trainer
+            from lvt_jax.generate import Generator
+            from lvt_jax.stages.vqvae import VQVAEStage
+            vq, _ = trainer.restore_state(VQVAEStage(self.config), mesh, self.workdir)
+            gen = Generator(self.config, {"params": vq.params, **vq.extra}, state.params, mesh)
+            extractor = inloop.make_extractor(self.config, mesh)
+            feats, prime = inloop.reference(self.config, self.workdir, gen.num_frames,
+                                            gen.n_prime, extractor)
+            self._fvd = (gen, extractor, feats, prime)
+        gen, extractor, feats, prime = self._fvd
+        key = jax.random.fold_in(jax.random.key(int(self.config.eval.seed)), step)
+        return {"fvd_cheap": inloop.cheap_fvd(gen, feats, prime, key, state.params, extractor)}
 
     def codes_dir(self, split: str) -> str:
         """config.transformer.codes_dir/<split> if set, else WORKDIR/codes/<split>."""

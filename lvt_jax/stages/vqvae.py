@@ -99,8 +99,10 @@ class VQVAEStage(Stage):
         cfg = self.train_cfg
         batch = int(cfg.batch_size if train else cfg.get("eval_batch_size", cfg.batch_size))
         sharding = shd.batch_sharding(mesh, 4, shd.rules_from_config(self.config))
-        return pipeline.make_iterator(self.config.data, split, "frames", batch, sharding,
-                                      seed=int(self.config.seed), train=train)
+        return pipeline.make_iterator(
+            self.config.data, split, "frames", batch, sharding, seed=int(self.config.seed),
+            train=train, frames_per_video=int(cfg.get("frames_per_video_sample", 0)),
+            eval_frames_per_video=int(cfg.get("eval_frames_per_video", 0)))
 
     def images(self, state: TrainState, batch: dict) -> dict[str, list[jax.Array]]:
         def rows(state, images):

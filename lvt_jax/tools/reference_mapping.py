@@ -30,7 +30,8 @@ Reference names (``N`` residual blocks; ``L`` attention layers; ``i`` a layer,
   transformer
     encoder.conv.{weight [de, nc*nv, kt, kh, kw], bias [de]}   one-hot context conv
     encoder.slice_embedding.weight [S, de]
-    encoder.linear_projector.weight [d, de, 1, 1, 1]
+    encoder.linear_projector.weight [d, de, 1, 1, 1]   ([d, 2*de, 1, 1, 1] and
+    encoder.class_embedding.weight [C, de] when class-conditional, num_classes = C)
     encoder.positional_encoder.inv_timescales [de // 6]        (buffer; unused by the release)
     {encoder,decoder}.block_local_attention.{i}.
         mha.w_{q,k,v} [heads, d, da]; mha.proj.weight [d, heads*da];
@@ -454,7 +455,10 @@ def reference_transformer_spec(model_cfg, *, shared_output: bool = False) -> Spe
       (de // 6,), CONST, _inv_timescales(de, min_ts, max_ts))
   _attention_spec(spec, 'encoder', c, masked=False)
   spec['encoder.slice_embedding.weight'] = Expected((st * sh * sw, de))
-  spec['encoder.linear_projector.weight'] = Expected((d, de, 1, 1, 1))
+  classes = int(c.get('num_classes', 0))
+  if classes > 0:  # VTEncoder(class_num > 0): class table + projector over 2*de channels
+    spec['encoder.class_embedding.weight'] = Expected((classes, de))
+  spec['encoder.linear_projector.weight'] = Expected((d, 2 * de if classes > 0 else de, 1, 1, 1))
 
   for k in range(nc):
     spec[f'decoder.ch_embedder.{k}.weight'] = Expected((nv, de))
@@ -520,9 +524,13 @@ def _stack_trees(trees: List[Dict[str, Any]]) -> Dict[str, Any]:
               else np.stack([t[k] for t in trees])) for k in first}
 
 
-def _transformer_notes(problems: _Problems, sd: Mapping[str, Any]) -> None:
-  if any(k.startswith('encoder.class_embedding') for k in sd):
-    problems.note('the checkpoint is class-conditional (CLASS_NUM > 0): not supported.')
+def _transformer_notes(problems: _Problems, sd: Mapping[str, Any], model_cfg) -> None:
+  if any(k.startswith('encoder.class_embedding') for k in sd) and not int(
+      model_cfg.get('num_classes', 0)):
+    n = np.shape(sd['encoder.class_embedding.weight'])[0] if (
+        'encoder.class_embedding.weight' in sd) else 'N'
+    problems.note('the checkpoint is class-conditional (CLASS_NUM > 0): set '
+                  f'--config.transformer.model.num_classes={n} to import it.')
   if 'ch_predictor.P.weight' in sd and any(k.startswith('ch_predictor.P.0') for k in sd):
     problems.note('both a shared ch_predictor.P and per-codebook ch_predictor.P.{k} are present.')
 
@@ -550,7 +558,7 @@ def transformer_from_reference(state_dict: Mapping[str, Any], model_cfg, *,
   spec = reference_transformer_spec(model_cfg, shared_output=shared)
   problems = _Problems('the reference Video Transformer state dict')
   problems.check(sd, spec, allow_missing_buffers=allow_missing_buffers)
-  _transformer_notes(problems, sd)
+  _transformer_notes(problems, sd, model_cfg)
   problems.raise_if_any()
   if shared:
     log.info('ch_predictor.P is shared by all codebooks (SHARE_P: True): copied into each '
@@ -567,6 +575,8 @@ def transformer_from_reference(state_dict: Mapping[str, Any], model_cfg, *,
       'proj': pointwise_conv3d_kernel(sd['encoder.linear_projector.weight']),
       'attention': _attention_params(sd, 'encoder', c),
   }
+  if int(c.get('num_classes', 0)) > 0:  # proj rows [de:] read the class (concat order)
+    encoder['class_embedding'] = _f32(sd['encoder.class_embedding.weight'])
   w = np.asarray(sd['decoder.conv.conv.weight'], np.float32)
   w = w * tap_mask(tuple(int(k) for k in c.decoder_kernel))[None, None].astype(np.float32)
   decoder = {

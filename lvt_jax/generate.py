@@ -1,0 +1,230 @@
+"""Both trained stages, loaded once: frames <-> codes, and video continuation.
+
+`Generator` is what sampling (`--mode=sample`), evaluation (`--mode=evaluate`) and the
+in-loop FVD of stage-2 training use. Every call runs at one fixed global batch
+(`config.sample.batch_size`, the last chunk padded), with the batch split over the mesh's
+data axis, so each jitted function compiles once. Inputs are host arrays that every
+process holds in full (they are cut into the process's shards with
+`jax.make_array_from_callback`), outputs are host arrays on every process: the same code
+runs on one CPU, one GPU or a multi-host slice.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lvt_jax import sharding as shd
+from lvt_jax.models.transformer import build_model
+from lvt_jax.sampling import controls as ctl_lib
+from lvt_jax.sampling import sampler as sampler_lib
+
+log = logging.getLogger(__name__)
+
+
+def to_uint8(x: jax.Array) -> jax.Array:
+    """Decoder output in [-1, 1] -> uint8 pixels (inverse of `to_model_input`)."""
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class Generator:
+    """Stage 1 (VQ-VAE) and stage 2 (transformer) ready to encode, decode and sample."""
+
+    def __init__(self, config: Any, vqvae_variables: Any, transformer_params: Any, mesh: Mesh,
+                 *, sampler: Optional[str] = None):
+        from lvt_jax.stages.vqvae import VQVAEStage, to_model_input
+        self.config, self.mesh = config, mesh
+        s = config.sample
+        self.rules = shd.rules_from_config(config)
+        m = config.transformer.model
+        self.clip_shape = tuple(m.clip_shape)
+        self.num_frames = self.clip_shape[0]
+        self.n_prime = int(s.n_prime)
+        self.sampler = sampler or str(s.sampler)
+        if self.sampler not in sampler_lib.SAMPLERS:
+            raise ValueError(f"sample.sampler={self.sampler!r}: choose one of "
+                             f"{sampler_lib.SAMPLERS}.")
+        sampler_lib.first_slice(self.clip_shape, tuple(m.stride), self.n_prime)  # checks n_prime
+        self.controls = ctl_lib.make_controls(s.temperature, s.top_k, s.top_p)
+        data_size = int(np.prod([mesh.shape[a] for a in self._batch_axes()]))
+        self.batch_size = int(s.batch_size)
+        if self.batch_size % data_size:
+            raise ValueError(f"sample.batch_size={self.batch_size} must be a multiple of the "
+                             f"mesh's batch axes ({data_size} devices); e.g. "
+                             f"--config.sample.batch_size={data_size * max(1, self.batch_size // data_size)}.")
+        self.vqvae = VQVAEStage(config).model
+        self.transformer = build_model(m)
+        self._replicated = NamedSharding(mesh, P())
+        self.vqvae_variables = jax.device_put(vqvae_variables, self._replicated)
+        self.params = transformer_params
+        self.image_shape = (config.data.image_size, config.data.image_size, 3)
+
+        def encode(variables, frames):  # [N, H, W, 3] uint8 -> [N, h, w, nc]
+            return self.vqvae.apply(variables, to_model_input(frames), method="encode")
+
+        def decode(variables, codes):
+            return to_uint8(self.vqvae.apply(variables, codes, method="decode"))
+
+        self._encode = jax.jit(encode)
+        self._decode = jax.jit(decode)
+        self._sample_fns: dict = {}
+        self.progress: Optional[Callable[[int], None]] = None
+
+    @classmethod
+    def from_workdir(cls, config: Any, workdir: str, mesh: Mesh, **kw) -> "Generator":
+        """Restores the latest stage-1 and stage-2 checkpoints of `workdir`."""
+        from lvt_jax import trainer
+        from lvt_jax.stages.transformer import TransformerStage
+        from lvt_jax.stages.vqvae import VQVAEStage
+        vq, vq_step = trainer.restore_state(VQVAEStage(config), mesh, workdir)
+        tr, tr_step = trainer.restore_state(TransformerStage(config), mesh, workdir)
+        log.info("generator: stage 1 at step %d, stage 2 at step %d", vq_step, tr_step)
+        gen = cls(config, {"params": vq.params, **vq.extra}, tr.params, mesh, **kw)
+        gen.steps = {"vqvae": int(vq_step), "transformer": int(tr_step)}
+        return gen
+
+    # --- sharding helpers -------------------------------------------------------------
+    def _batch_axes(self) -> tuple:
+        spec = shd.batch_sharding(self.mesh, 1, shd.rules_from_config(self.config)).spec[0]
+        if spec is None:
+            return ()
+        return tuple(spec) if isinstance(spec, tuple) else (spec,)
+
+    def _global(self, host: np.ndarray) -> jax.Array:
+        """A host array every process holds in full -> batch-sharded global array."""
+        sharding = shd.batch_sharding(self.mesh, host.ndim, self.rules)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    def _chunks(self, n: int):
+        for start in range(0, n, self.batch_size):
+            yield start, min(n, start + self.batch_size)
+
+    def _padded(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        part = x[start:stop]
+        if len(part) < self.batch_size:
+            pad = np.repeat(part[-1:], self.batch_size - len(part), axis=0)
+            part = np.concatenate([part, pad])
+        return part
+
+    # --- frames <-> codes ---------------------------------------------------------------
+    def _frames_op(self, fn, variables, x: np.ndarray) -> np.ndarray:
+        """Applies a per-frame op to [N, T, ...] in chunks of batch_size videos."""
+        x = np.asarray(x)
+        N, T = x.shape[:2]
+        if N == 0:
+            raise ValueError("no videos given")
+        out = []
+        for start, stop in self._chunks(N):
+            part = self._padded(x, start, stop)
+            flat = part.reshape(self.batch_size * T, *part.shape[2:])
+            y = shd.fetch(fn(variables, self._global(flat)))
+            out.append(y.reshape(self.batch_size, T, *y.shape[1:])[:stop - start])
+        return np.concatenate(out)
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [B, T, H, W, 3] -> int32 codes [B, T, h, w, nc]."""
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.shape[2:] != self.image_shape:
+            raise ValueError(f"expected uint8 frames [B, T, {self.image_shape}], got "
+                             f"{frames.dtype} {frames.shape}")
+        return self._frames_op(self._encode, self.vqvae_variables, frames).astype(np.int32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """int codes [B, T, h, w, nc] -> uint8 frames [B, T, H, W, 3]."""
+        return self._frames_op(self._decode, self.vqvae_variables, np.asarray(codes, np.int32))
+
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray:
+        return self.decode(self.encode(frames))
+
+    # --- sampling -----------------------------------------------------------------------
+    def _sample_fn(self):
+        key = (self.sampler, self.n_prime)
+        if key not in self._sample_fns:
+            model, n_prime, sampler = self.transformer, self.n_prime, self.sampler
+
+            def progress(s):
+                if self.progress is not None:
+                    self.progress(int(s))
+
+            def fn(params, codes, keys, ctl, labels):
+                return sampler_lib.sample_codes(model, params, codes, keys, ctl,
+                                                n_prime=n_prime, sampler=sampler,
+                                                labels=labels, progress=progress)
+            self._sample_fns[key] = jax.jit(fn)
+        return self._sample_fns[key]
+
+    def sample_codes(self, prime_codes: np.ndarray, key: jax.Array, *,
+                     transformer_params: Any = None, first_index: int = 0,
+                     controls: Optional[ctl_lib.Controls] = None,
+                     labels: Optional[np.ndarray] = None) -> np.ndarray:
+        """Priming codes [B, n, h, w, nc] (n >= n_prime) -> whole clips [B, T, h, w, nc].
+
+        Video i draws with key `fold_in(key, first_index + i)`: the same video gets the
+        same sample whatever the batch or the number of devices. `labels` (int [B]): class
+        ids, required by a class-conditional model and ignored otherwise.
+        """
+        from lvt_jax import trainer
+        prime_codes = np.asarray(prime_codes, np.int32)
+        B, n = prime_codes.shape[:2]
+        if n < self.n_prime:
+            raise ValueError(f"{n} priming frames given, sample.n_prime={self.n_prime} needed")
+        c = self.config.transformer.model
+        clip = np.zeros((B, *self.clip_shape, c.num_codebooks), np.int32)
+        clip[:, :self.n_prime] = prime_codes[:, :self.n_prime]
+        params = self.params if transformer_params is None else transformer_params
+        ctl = self.controls if controls is None else controls
+        fn = self._sample_fn()
+        if not self.conditional:
+            labels = None
+        elif labels is None:
+            raise ValueError(f"stage 2 is class-conditional (transformer.model.num_classes="
+                             f"{self.config.transformer.model.num_classes}): pass each video's "
+                             "class id (--config.sample.label=K for a video of your own).")
+        else:
+            labels = np.asarray(labels, np.int32).reshape(B)
+        out = []
+        with trainer.mesh_context(self.mesh, self.rules):
+            for start, stop in self._chunks(B):
+                idx = np.arange(first_index + start, first_index + start + self.batch_size)
+                keys = self._global_keys(key, idx)
+                lab = None if labels is None else self._global(self._padded(labels, start, stop))
+                codes = fn(params, self._global(self._padded(clip, start, stop)), keys, ctl, lab)
+                out.append(shd.fetch(codes)[:stop - start])
+        return np.concatenate(out)
+
+    def _global_keys(self, key: jax.Array, idx: np.ndarray) -> jax.Array:
+        data = jax.random.key_data(sampler_lib.keys_for_videos(key, idx))
+        host = np.asarray(data)
+        arr = self._global(host)
+        return jax.random.wrap_key_data(arr)
+
+    @property
+    def conditional(self) -> bool:
+        return int(self.config.transformer.model.get("num_classes", 0) or 0) > 0
+
+    def sample(self, prime_frames: np.ndarray, key: jax.Array, *, transformer_params: Any = None,
+               first_index: int = 0, labels: Optional[np.ndarray] = None) -> np.ndarray:
+        """uint8 priming frames [B, n_prime, H, W, 3] -> uint8 videos [B, num_frames, ...].
+
+        Every output frame is decoded from codes: frames < n_prime are the stage-1
+        reconstructions of the priming frames.
+        """
+        prime = self.encode(np.asarray(prime_frames)[:, :self.n_prime])
+        codes = self.sample_codes(prime, key, transformer_params=transformer_params,
+                                  first_index=first_index, labels=labels)
+        return self.decode(codes)
+
+    def slices_per_clip(self) -> int:
+        """Number of slices one clip generates (the progress bar's unit)."""
+        m = self.config.transformer.model
+        from lvt_jax.models import subscale
+        return subscale.num_slices(m.stride) - sampler_lib.first_slice(
+            self.clip_shape, tuple(m.stride), self.n_prime)
+
+    def num_batches(self, n: int) -> int:
+        return math.ceil(n / self.batch_size)
