@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lvt_jax import sharding as shd
+from lvt_jax import validate
 from lvt_jax.models.transformer import build_model
 from lvt_jax.sampling import controls as ctl_lib
 from lvt_jax.sampling import sampler as sampler_lib
@@ -51,12 +52,8 @@ class Generator:
                              f"{sampler_lib.SAMPLERS}.")
         sampler_lib.first_slice(self.clip_shape, tuple(m.stride), self.n_prime)  # checks n_prime
         self.controls = ctl_lib.make_controls(s.temperature, s.top_k, s.top_p)
-        data_size = int(np.prod([mesh.shape[a] for a in self._batch_axes()]))
         self.batch_size = int(s.batch_size)
-        if self.batch_size % data_size:
-            raise ValueError(f"sample.batch_size={self.batch_size} must be a multiple of the "
-                             f"mesh's batch axes ({data_size} devices); e.g. "
-                             f"--config.sample.batch_size={data_size * max(1, self.batch_size // data_size)}.")
+        validate.batch_divides("sample.batch_size", self.batch_size, mesh, self.rules)
         self.vqvae = VQVAEStage(config).model
         self.transformer = build_model(m)
         self._replicated = NamedSharding(mesh, P())
@@ -89,12 +86,6 @@ class Generator:
         return gen
 
     # --- sharding helpers -------------------------------------------------------------
-    def _batch_axes(self) -> tuple:
-        spec = shd.batch_sharding(self.mesh, 1, shd.rules_from_config(self.config)).spec[0]
-        if spec is None:
-            return ()
-        return tuple(spec) if isinstance(spec, tuple) else (spec,)
-
     def _global(self, host: np.ndarray) -> jax.Array:
         """A host array every process holds in full -> batch-sharded global array."""
         sharding = shd.batch_sharding(self.mesh, host.ndim, self.rules)

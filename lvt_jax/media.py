@@ -8,8 +8,6 @@ never leaves a truncated file behind under the final name.
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -85,7 +83,3 @@ def read_video(path: str) -> np.ndarray:
     with av.open(path) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
-
-def frame_strip(videos: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Videos [T, H, W, 3] -> rows for `metrics.image_grid` (one row per video)."""
-    return [np.asarray(v, np.uint8) for v in videos]

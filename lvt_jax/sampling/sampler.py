@@ -28,7 +28,6 @@ from typing import Any, Callable, Optional
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lvt_jax.models import subscale
 from lvt_jax.sampling import cached as cached_lib
@@ -43,12 +42,11 @@ def first_slice(clip_shape: tuple, stride: tuple, n_prime: int) -> int:
     Slices are ordered by their time offset first, so those with a non-priming frame are
     a suffix of the generation order.
     """
-    T, st = clip_shape[0], stride[0]
-    if not 0 <= n_prime < T:
-        raise ValueError(f"n_prime={n_prime}: need 0 <= n_prime < {T} (the clip's frames).")
-    a, _, _ = subscale.slice_offsets(np.arange(subscale.num_slices(stride)), stride)
-    last_frame = a + (T // st - 1) * st
-    return int(np.flatnonzero(last_frame >= n_prime)[0])
+    from lvt_jax.stages.transformer import trainable_slices
+    if not 0 <= n_prime < clip_shape[0]:
+        raise ValueError(f"n_prime={n_prime}: need 0 <= n_prime < {clip_shape[0]} (the clip's "
+                         "frames).")
+    return int(trainable_slices(tuple(clip_shape), tuple(stride), n_prime)[0])
 
 
 def _position_fn(model: Any, params: Any, video_keys: jax.Array, slice_idx: jax.Array,
