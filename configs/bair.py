@@ -7,7 +7,7 @@ Variants (comma-separated, combinable, e.g. `configs/bair.py:dstsvt,tiny`):
 Point --config.data.bair_source_dir at the original archive or softmotion30_44k/.
 """
 from lvt_jax.config_base import base_config
-from lvt_jax.models.transformer import default_transformer_config
+from lvt_jax.models.lvt.transformer import default_transformer_config
 
 VARIANTS = ("dstsvt", "tiny")
 

@@ -11,7 +11,7 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from lvt_jax.models.transformer import default_transformer_config
+from lvt_jax.models.lvt.transformer import default_transformer_config
 from lvt_jax.sharding import DEFAULT_RULES
 
 

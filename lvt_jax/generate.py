@@ -20,10 +20,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lvt_jax import sharding as shd
-from lvt_jax import validate
-from lvt_jax.models.transformer import build_model
+from lvt_jax.models.lvt.transformer import build_model
 from lvt_jax.sampling import controls as ctl_lib
-from lvt_jax.sampling import sampler as sampler_lib
+from lvt_jax.sampling.lvt import sampler as sampler_lib
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class Generator:
         sampler_lib.first_slice(self.clip_shape, tuple(m.stride), self.n_prime)  # checks n_prime
         self.controls = ctl_lib.make_controls(s.temperature, s.top_k, s.top_p)
         self.batch_size = int(s.batch_size)
-        validate.batch_divides("sample.batch_size", self.batch_size, mesh, self.rules)
+        shd.check_batch_divides("sample.batch_size", self.batch_size, mesh, self.rules)
         self.vqvae = VQVAEStage(config).model
         self.transformer = build_model(m)
         self._replicated = NamedSharding(mesh, P())
@@ -213,7 +212,7 @@ class Generator:
     def slices_per_clip(self) -> int:
         """Number of slices one clip generates (the progress bar's unit)."""
         m = self.config.transformer.model
-        from lvt_jax.models import subscale
+        from lvt_jax.models.lvt import subscale
         return subscale.num_slices(m.stride) - sampler_lib.first_slice(
             self.clip_shape, tuple(m.stride), self.n_prime)
 

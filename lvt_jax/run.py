@@ -41,9 +41,31 @@ def train_transformer(config: Any, workdir: str | None) -> dict:
     workdir = _need_workdir(workdir, "train_transformer")
     mesh = shd.make_mesh(config.mesh)
     validate.transformer(config, mesh)
-    _, results = trainer.train(TransformerStage(config, workdir), workdir, mesh)
+    _, results = trainer.train(TransformerStage(config, workdir), workdir, mesh,
+                               periodic=_lvt_fvd_hook(config, workdir, mesh))
     log.info("transformer eval: %s", results)
     return results
+
+
+def _lvt_fvd_hook(config: Any, workdir: str, mesh):
+    """The in-loop FVD of stage 2 (eval.fvd_every > 0), or None.
+
+    Off for class-conditional models: use --mode=evaluate, which passes the class ids."""
+    ev = config.get("eval")
+    if ev is None or int(ev.fvd_every) <= 0:
+        return None
+    if int(config.transformer.model.get("num_classes", 0) or 0) > 0:
+        return None
+    from lvt_jax import trainer
+    from lvt_jax.eval import inloop
+    from lvt_jax.generate import Generator
+    from lvt_jax.stages.vqvae import VQVAEStage
+
+    def make_generator(params):
+        vq, _ = trainer.restore_state(VQVAEStage(config), mesh, workdir)
+        return Generator(config, {"params": vq.params, **vq.extra}, params, mesh)
+
+    return inloop.FVDHook(config, workdir, mesh, make_generator)
 
 
 def evaluate(config: Any, workdir: str | None) -> dict:

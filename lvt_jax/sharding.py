@@ -122,3 +122,19 @@ def fetch(tree: Any) -> Any:
         return np.asarray(jax.device_get(x))
 
     return jax.tree.map(get, tree)
+
+
+def check_batch_divides(name: str, batch: int, mesh: Mesh, rules) -> None:
+    """Fails with the fix in the message unless `batch` splits over the data shards and
+    the processes."""
+    spec = batch_sharding(mesh, 1, rules).spec[0]
+    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+    ways = 1
+    for a in axes:
+        ways *= mesh.shape[a]
+    if batch % ways:
+        raise ValueError(f"{name}={batch} is not divisible by the {ways} data-parallel devices "
+                         f"(mesh {dict(mesh.shape)}); choose a multiple of {ways}.")
+    if batch % jax.process_count():
+        raise ValueError(f"{name}={batch} is not divisible by the {jax.process_count()} "
+                         "processes; choose a multiple.")

@@ -31,7 +31,7 @@ def vqvae_counts(config: Any) -> tuple[dict, list[tuple[str, tuple, int]]]:
 
 def transformer_counts(config: Any) -> tuple[dict, list[tuple[str, tuple, int]]]:
     """Stage-2 counts per part (encoder, decoder, channel_predictor, total), from shapes."""
-    from lvt_jax.models.transformer import count_params
+    from lvt_jax.models.lvt.transformer import count_params
     from lvt_jax.stages.transformer import TransformerStage
     stage = TransformerStage(config)
     abstract = nn.unbox(jax.eval_shape(stage.init, jax.random.key_data(jax.random.key(0))))

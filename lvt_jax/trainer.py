@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import flax.linen as nn
 import jax
@@ -116,8 +116,19 @@ def _first_nonfinite(metrics: dict) -> str | None:
     return None
 
 
+class PeriodicHook(Protocol):
+    """Extra scalars every `every` steps (e.g. a sample-based FVD), logged as eval/*.
+
+    Handed to `train` by the mode that runs it, so that a stage never imports the code
+    that uses it (generators, evaluation)."""
+    every: int
+
+    def __call__(self, state: TrainState, step: int) -> dict[str, float]: ...
+
+
 def train(stage: Stage, workdir: str, mesh: Mesh,
-          on_eval: Callable[[int, dict], None] | None = None) -> tuple[TrainState, dict]:
+          on_eval: Callable[[int, dict], None] | None = None,
+          periodic: PeriodicHook | None = None) -> tuple[TrainState, dict]:
     """Trains `stage` to train_cfg.num_steps (resuming if possible); returns (state, final eval)."""
     cfg = stage.train_cfg
     rules = shd.rules_from_config(stage.config)
@@ -198,10 +209,10 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
                 if on_eval:
                     on_eval(step, results)
                 t0 += time.perf_counter() - t_eval  # keep eval time out of throughput
-            every = stage.periodic_every()
+            every = int(periodic.every) if periodic is not None else 0
             if every > 0 and step % every == 0 and step < num_steps:
                 t_extra = time.perf_counter()
-                extra = stage.periodic_metrics(state, step, mesh)
+                extra = periodic(state, step)
                 writer.scalars(step, {f"eval/{k}": v for k, v in extra.items()})
                 log.info("%s step %d: %s", stage.name, step, _brief(extra))
                 t0 += time.perf_counter() - t_extra

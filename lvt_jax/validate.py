@@ -9,18 +9,7 @@ from jax.sharding import Mesh
 from lvt_jax import sharding as shd
 
 
-def batch_divides(name: str, batch: int, mesh: Mesh, rules) -> None:
-    spec = shd.batch_sharding(mesh, 1, rules).spec[0]
-    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
-    ways = 1
-    for a in axes:
-        ways *= mesh.shape[a]
-    if batch % ways:
-        raise ValueError(f"{name}={batch} is not divisible by the {ways} data-parallel devices "
-                         f"(mesh {dict(mesh.shape)}); choose a multiple of {ways}.")
-    if batch % jax.process_count():
-        raise ValueError(f"{name}={batch} is not divisible by the {jax.process_count()} "
-                         "processes; choose a multiple.")
+batch_divides = shd.check_batch_divides  # the mesh check lives with the mesh code
 
 
 def vqvae(config: Any, mesh: Mesh) -> None:
@@ -65,7 +54,7 @@ def encode(config: Any) -> None:
 
 def transformer(config: Any, mesh: Mesh) -> None:
     """Stage-2 settings against the mesh, stage 1 and the data, before anything compiles."""
-    from lvt_jax.models import subscale
+    from lvt_jax.models.lvt import subscale
     rules = shd.rules_from_config(config)
     t, m, v, d = config.transformer.train, config.transformer.model, config.vqvae.model, config.data
     batch_divides("transformer.train.batch_size", int(t.batch_size), mesh, rules)
@@ -137,7 +126,8 @@ def sample(config: Any, mesh: Mesh) -> None:
     """--mode=sample settings: sampler, controls, priming frames, batch vs devices."""
     import os
 
-    from lvt_jax.sampling import SAMPLERS, first_slice, make_controls
+    from lvt_jax.sampling import make_controls
+    from lvt_jax.sampling.lvt.sampler import SAMPLERS, first_slice
     s = config.sample
     if s.sampler not in SAMPLERS:
         raise ValueError(f"sample.sampler={s.sampler!r}: choose one of {SAMPLERS} "

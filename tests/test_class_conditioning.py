@@ -16,8 +16,8 @@ from configs import kinetics600
 from lvt_jax import encode
 from lvt_jax.data import codes as codes_lib
 from lvt_jax.data import pipeline
-from lvt_jax.models import subscale
-from lvt_jax.models import transformer as tr
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt import transformer as tr
 from lvt_jax.stages.transformer import TransformerStage
 from lvt_jax.train_state import TrainState
 

@@ -1,4 +1,4 @@
-"""Hand-written gradients (lvt_jax.models.linear, attention.block_attention) equal autodiff
+"""Hand-written gradients (lvt_jax.models.lvt.linear, attention.block_attention) equal autodiff
 of the plain formulas: values, input and parameter gradients, and the layer's parameter
 tree. Speed lives in `python -m lvt_jax.bench train_transformer`."""
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvt_jax.models import attention, linear
+from lvt_jax.models.lvt import attention, linear
 
 HI = jax.lax.Precision.HIGHEST
 TOL = dict(rtol=2e-5, atol=2e-5)

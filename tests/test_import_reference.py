@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from configs import bair
-from lvt_jax.models import attention as attn_lib
-from lvt_jax.models import subscale
-from lvt_jax.models.transformer import build_model, default_transformer_config, init_variables
-from lvt_jax.models.vqvae import Decoder, Encoder
+from lvt_jax.models.lvt import attention as attn_lib
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt.transformer import build_model, default_transformer_config, init_variables
+from lvt_jax.models.lvt.vqvae import Decoder, Encoder
 from lvt_jax.tools import import_reference as tool
 from lvt_jax.tools import reference_mapping as rm
 from lvt_jax.tools.reference_mapping import ReferenceImportError
@@ -499,7 +499,7 @@ def test_vqvae_without_ema_buffers_derives_consistent_statistics():
   size = rm.smoothed_sizes(q['ema_count'], mc.ema_eps)
   np.testing.assert_allclose(q['ema_sum'] / size[..., None], q['codebook'], rtol=1e-5, atol=1e-7)
   # ... so one EMA update with no assignments leaves the codebook (nearly) unchanged.
-  from lvt_jax.models.quantizer import DecomposedQuantizer
+  from lvt_jax.models.lvt.quantizer import DecomposedQuantizer
   quant = DecomposedQuantizer(mc.num_codebooks, mc.codebook_size,
                               mc.channels // mc.num_codebooks)
   z = jnp.asarray(q['codebook'][:, :1].reshape(1, -1))  # exactly code 0 of each book
@@ -514,7 +514,7 @@ def test_vqvae_without_ema_buffers_derives_consistent_statistics():
 
 
 def test_one_hot_context_conv_equals_embedding_lookup():
-  from lvt_jax.models.context import ContextConv
+  from lvt_jax.models.lvt.context import ContextConv
   for variant in ('dsfvt_tiny', 'dstsvt_tiny'):
     c = tiny_transformer_config(variant)
     sd = reference_transformer_state(c, seed=3)
@@ -594,7 +594,7 @@ def test_class_conditional_transformer_reproduces_numpy_reference_logits():
 
 def test_masked_conv_layout_and_masked_taps():
   """[d, de, 3, 3, 3] -> [27, de, d] in raster tap order; taps the reference zeroes are zero."""
-  from lvt_jax.models.masked_conv import tap_mask
+  from lvt_jax.models.lvt.masked_conv import tap_mask
   c = tiny_transformer_config()
   sd = reference_transformer_state(c)
   w = np.random.default_rng(0).standard_normal(sd['decoder.conv.conv.weight'].shape)

@@ -9,11 +9,11 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lvt_jax import sharding as shd
-from lvt_jax.models import subscale
-from lvt_jax.models.transformer import build_model, init_variables
-from lvt_jax.sampling import cached as cached_lib
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt.transformer import build_model, init_variables
+from lvt_jax.sampling.lvt import cached as cached_lib
 from lvt_jax.sampling import controls as ctl_lib
-from lvt_jax.sampling import sampler as sampler_lib
+from lvt_jax.sampling.lvt import sampler as sampler_lib
 from configs import bair
 
 VARIANTS = {"dsfvt": "tiny", "dstsvt": "dstsvt,tiny"}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvt_jax.models import subscale
+from lvt_jax.models.lvt import subscale
 
 STRIDES_16 = [(1, 1, 1), (16, 1, 1), (4, 2, 2), (2, 4, 8), (16, 16, 16)]
 

@@ -34,25 +34,24 @@ def test_resume_equals_uninterrupted(tiny_data_dir, tmp_path):
     assert max(jax.tree.leaves(diff)) > 1e-4
 
 
-class _PeriodicStage(VQVAEStage):
+class _RecordingHook:
     """Records the periodic hook's calls (the in-loop FVD of stage 2 uses this hook)."""
-    calls: list
+    every = 2
 
-    def periodic_every(self):
-        return 2
+    def __init__(self):
+        self.calls = []
 
-    def periodic_metrics(self, state, step, mesh):
+    def __call__(self, state, step):
         self.calls.append((step, int(state.step)))
         return {"hook": float(step)}
 
 
 def test_eval_json_and_checkpoint_retention(tiny_data_dir, tmp_path):
     cfg = tiny_config(tiny_data_dir, num_steps=6, checkpoint_every=1, keep=2)
-    stage = _PeriodicStage(cfg)
-    stage.calls = []
-    trainer.train(stage, str(tmp_path), mesh_of(1))
+    hook = _RecordingHook()
+    trainer.train(VQVAEStage(cfg), str(tmp_path), mesh_of(1), periodic=hook)
     # every 2 steps with the state of that step; the last step has the final eval instead
-    assert stage.calls == [(2, 2), (4, 4)]
+    assert hook.calls == [(2, 2), (4, 4)]
     ev = json.load(open(tmp_path / "vqvae" / "eval.json"))
     assert ev["step"] == 6 and ev["num_frames"] == 4 * 30
     assert 5.0 < ev["psnr"] < 60.0 and -1.0 <= ev["ssim"] <= 1.0

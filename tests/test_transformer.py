@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvt_jax.models import subscale
-from lvt_jax.models import transformer as tr
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt import transformer as tr
 
 PAPER_COUNTS = {
     'dsfvt': dict(encoder=22_902_848, decoder=23_294_400, channel_predictor=3_675_136,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvt_jax.models import attention, context, masked_conv, position, subscale
-from lvt_jax.models import transformer as tr
+from lvt_jax.models.lvt import attention, context, masked_conv, position, subscale
+from lvt_jax.models.lvt import transformer as tr
 
 HI = jax.lax.Precision.HIGHEST
 

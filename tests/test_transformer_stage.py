@@ -8,7 +8,7 @@ import pytest
 from configs import bair
 from lvt_jax import sharding as shd
 from lvt_jax import trainer
-from lvt_jax.models import subscale
+from lvt_jax.models.lvt import subscale
 from lvt_jax.stages import transformer as ts
 from tests.helpers import assert_trees_close, mesh_of, tiny_config
 

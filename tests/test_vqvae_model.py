@@ -8,7 +8,7 @@ import pytest
 from configs import bair
 from lvt_jax import summary
 from lvt_jax.models.layers import Conv, ConvTranspose
-from lvt_jax.models.quantizer import DecomposedQuantizer
+from lvt_jax.models.lvt.quantizer import DecomposedQuantizer
 
 
 def test_paper_parameter_counts():

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvt_jax.bench import common
-from lvt_jax.models import subscale
-from lvt_jax.models.transformer import build_model, count_params, init_variables
-from lvt_jax.sampling import controls, sampler
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt.transformer import build_model, count_params, init_variables
+from lvt_jax.sampling import controls
+from lvt_jax.sampling.lvt import sampler
 
 
 def _setup(config: Any):

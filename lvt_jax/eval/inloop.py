@@ -1,9 +1,10 @@
 """A cheap FVD during stage-2 training: a few samples every `eval.fvd_every` steps.
 
 Independent of --mode=evaluate (same features, same distance, far fewer clips): the
-trainer prepares the reference once with `reference()` (real features cached in the
-workdir) and calls `cheap_fvd()` with its live parameters. With few clips the value is
-biased upwards; it tracks progress, it is not the published number.
+hook (`FVDHook`, handed to the trainer by the mode that trains stage 2) prepares the
+reference once with `reference()` (real features cached in the workdir) and calls
+`cheap_fvd()` with the live parameters. With few clips the value is biased upwards; it
+tracks progress, it is not the published number.
 """
 from __future__ import annotations
 
@@ -50,3 +51,27 @@ def cheap_fvd(generator: Any, real_features: np.ndarray, prime_frames: np.ndarra
     extractor = extractor or _default_extractor(tuple(d.id for d in jax.devices()))
     videos = np.asarray(generator.sample(prime_frames, key, transformer_params=transformer_params))
     return fvd(real_features, extractor(videos))
+
+
+class FVDHook:
+    """The trainer's periodic hook: `eval/fvd_cheap` every `eval.fvd_every` steps.
+
+    `make_generator(stage2_params)` builds the system's generator around the live stage-2
+    parameters (stage 1 restored from the workdir); it is called once, on first use."""
+
+    def __init__(self, config: Any, workdir: str, mesh, make_generator):
+        self.config, self.workdir, self.mesh = config, workdir, mesh
+        self.every = int(config.eval.fvd_every)
+        self._make_generator = make_generator
+        self._ready = None
+
+    def __call__(self, state: Any, step: int) -> dict[str, float]:
+        if self._ready is None:
+            gen = self._make_generator(state.params)
+            extractor = make_extractor(self.config, self.mesh)
+            feats, prime = reference(self.config, self.workdir, gen.num_frames, gen.n_prime,
+                                     extractor)
+            self._ready = (gen, extractor, feats, prime)
+        gen, extractor, feats, prime = self._ready
+        key = jax.random.fold_in(jax.random.key(int(self.config.eval.seed)), step)
+        return {"fvd_cheap": cheap_fvd(gen, feats, prime, key, state.params, extractor)}

@@ -1,6 +1,5 @@
-"""Autoregressive sampling of stage-2 code clips (cached and naive samplers)."""
+"""Sampling: the controls both systems share (controls.py) and each system's samplers
+(lvt/: cached and naive code samplers)."""
 from lvt_jax.sampling.controls import Controls, make_controls
-from lvt_jax.sampling.sampler import SAMPLERS, first_slice, keys_for_videos, sample_codes
 
-__all__ = ["Controls", "make_controls", "SAMPLERS", "first_slice", "keys_for_videos",
-           "sample_codes"]
+__all__ = ["Controls", "make_controls"]

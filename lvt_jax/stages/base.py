@@ -53,11 +53,3 @@ class Stage(abc.ABC):
     def images(self, state: TrainState, batch: dict) -> dict[str, list[jax.Array]]:
         """Rows of uint8 images (N, H, W, 3) per TensorBoard grid; none by default."""
         return {}
-
-    def periodic_every(self) -> int:
-        """Steps between `periodic_metrics` calls (0: never)."""
-        return 0
-
-    def periodic_metrics(self, state: TrainState, step: int, mesh: Mesh) -> dict[str, float]:
-        """Extra scalars (e.g. a sample-based FVD) logged to TensorBoard as eval/*."""
-        return {}

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 
 from lvt_jax import sharding as shd
-from lvt_jax.models import subscale
-from lvt_jax.models.transformer import build_model
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt.transformer import build_model
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
 
@@ -189,33 +189,6 @@ class TransformerStage(Stage):
                                             sharding, seed=int(self.config.seed), train=train,
                                             data_cfg=self.config.data,
                                             num_classes=self.num_classes)
-
-    def periodic_every(self) -> int:
-        """In-loop FVD every eval.fvd_every steps (needs the workdir's stage-1 checkpoint)."""
-        ev = self.config.get("eval")
-        if ev is None or not self.workdir or int(ev.fvd_every) <= 0:
-            return 0
-        if int(self.config.transformer.model.get("num_classes", 0) or 0) > 0:
-            return 0  # class-conditional: use --mode=evaluate (it passes the class ids)
-        return int(ev.fvd_every)
-
-    def periodic_metrics(self, state: TrainState, step: int, mesh) -> dict:
-        """A cheap FVD (eval.fvd_videos samples) with the live parameters: it tracks
-        progress, it is not the published protocol (--mode=evaluate)."""
-        from lvt_jax.eval import inloop
-        if getattr(self, "_fvd", None) is None:
-            from lvt_jax import trainer
-            from lvt_jax.generate import Generator
-            from lvt_jax.stages.vqvae import VQVAEStage
-            vq, _ = trainer.restore_state(VQVAEStage(self.config), mesh, self.workdir)
-            gen = Generator(self.config, {"params": vq.params, **vq.extra}, state.params, mesh)
-            extractor = inloop.make_extractor(self.config, mesh)
-            feats, prime = inloop.reference(self.config, self.workdir, gen.num_frames,
-                                            gen.n_prime, extractor)
-            self._fvd = (gen, extractor, feats, prime)
-        gen, extractor, feats, prime = self._fvd
-        key = jax.random.fold_in(jax.random.key(int(self.config.eval.seed)), step)
-        return {"fvd_cheap": inloop.cheap_fvd(gen, feats, prime, key, state.params, extractor)}
 
     def codes_dir(self, split: str) -> str:
         """config.transformer.codes_dir/<split> if set, else WORKDIR/codes/<split>."""

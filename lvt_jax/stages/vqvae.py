@@ -11,7 +11,7 @@ import optax
 
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
-from lvt_jax.models.vqvae import VQVAE
+from lvt_jax.models.lvt.vqvae import VQVAE
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
 

@@ -291,7 +291,7 @@ def _vqvae_notes(problems: _Problems, parts: Mapping[str, Mapping[str, Any]]) ->
 def vqvae_from_reference(netE: Mapping[str, Any], netG: Mapping[str, Any],
                          netC: Mapping[str, Any], model_cfg, *,
                          samples_per_update: float | None = None):
-  """Reference VQ-VAE state dicts -> ``(params, vq_vars)`` for :class:`lvt_jax.models.vqvae.VQVAE`.
+  """Reference VQ-VAE state dicts -> ``(params, vq_vars)`` for :class:`lvt_jax.models.lvt.vqvae.VQVAE`.
 
   ``params`` is ``{'encoder': ..., 'decoder': ...}``; ``vq_vars`` is the ``'vq'``
   collection ``{'quantizer': {'codebook', 'ema_count', 'ema_sum'}}``.
@@ -403,7 +403,7 @@ def _inv_timescales(d: int, min_ts: float, max_ts: float) -> np.ndarray:
 
 def _relative_index_buffers(block: Sequence[int]) -> Tuple[np.ndarray, ...]:
   """The reference's ``dt``/``dh``/``dw`` buffers: ``[L*L]`` indices ``p_q - p_k + extent - 1``."""
-  from lvt_jax.models.attention import relative_indices
+  from lvt_jax.models.lvt.attention import relative_indices
   return tuple(np.asarray(i, np.int64).reshape(-1) for i in relative_indices(tuple(block)))
 
 
@@ -566,7 +566,7 @@ def transformer_from_reference(state_dict: Mapping[str, Any], model_cfg, *,
 
   c = model_cfg
   nc, nv, d = int(c.num_codebooks), int(c.vocab_size), int(c.d_model)
-  from lvt_jax.models.masked_conv import tap_mask
+  from lvt_jax.models.lvt.masked_conv import tap_mask
 
   encoder = {
       'context_conv': {'kernel': conv3d_taps(sd['encoder.conv.weight']),

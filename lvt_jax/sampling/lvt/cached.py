@@ -10,7 +10,7 @@ Per slice the encoder runs once over the context. Then, per position in raster o
   the position are masked with the layer's -1e4, as in training);
 * the channel predictor draws the 4 codes in turn.
 
-This is the same function as the teacher-forced decoder (:mod:`lvt_jax.models.transformer`)
+This is the same function as the teacher-forced decoder (:mod:`lvt_jax.models.lvt.transformer`)
 evaluated position by position; ``tests/test_sampling.py`` checks that it draws exactly the
 codes of the naive sampler, which re-runs that decoder over the whole slice every time.
 
@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lvt_jax.models import masked_conv as mc
-from lvt_jax.models import subscale
-from lvt_jax.models.attention import LN_EPS, MASK_VALUE, relative_bias
-from lvt_jax.models.position import sinusoidal_3d
+from lvt_jax.models.lvt import masked_conv as mc
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt.attention import LN_EPS, MASK_VALUE, relative_bias
+from lvt_jax.models.lvt.position import sinusoidal_3d
 
 _LN = nn.LayerNorm(epsilon=LN_EPS)
 

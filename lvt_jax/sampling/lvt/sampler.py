@@ -13,7 +13,7 @@ later positions attend to them.
 Two samplers share this loop and the code-drawing function, and differ only in how they
 get the decoder's hidden state of a position:
 
-* ``cached`` (:mod:`lvt_jax.sampling.cached`): one incremental decoder step;
+* ``cached`` (:mod:`lvt_jax.sampling.lvt.cached`): one incremental decoder step;
 * ``naive``: the reference release's method, the whole teacher-forced decoder over the
   whole slice for every position (kept for correctness checks and as the baseline).
 
@@ -29,8 +29,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from lvt_jax.models import subscale
-from lvt_jax.sampling import cached as cached_lib
+from lvt_jax.models.lvt import subscale
+from lvt_jax.sampling.lvt import cached as cached_lib
 from lvt_jax.sampling.controls import Controls, code_keys, draw_batch
 
 SAMPLERS = ("cached", "naive")

@@ -13,7 +13,7 @@ order). One layer::
 block; masked logits are *set* to ``-1e4`` (not ``-inf``). No final LayerNorm.
 
 Speed (XLA:CPU, measured in ``docs/benchmarks.md``): the projections
-(:mod:`lvt_jax.models.linear`) and the attention core (:func:`block_attention`)
+(:mod:`lvt_jax.models.lvt.linear`) and the attention core (:func:`block_attention`)
 carry hand-written gradients. They equal autodiff of the plain formula (to float32
 rounding, tested) but run in forms XLA:CPU is fast at: plain 2-D products, and the
 softmax backward from ``rowsum(dO * O)`` (one pass over ``[.., L, da]`` instead of
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lvt_jax.models.linear import dense, dense_dot_general, dense_shared
+from lvt_jax.models.lvt.linear import dense, dense_dot_general, dense_shared
 
 MASK_VALUE = -1e4
 LN_EPS = 1e-5  # torch.nn.LayerNorm default

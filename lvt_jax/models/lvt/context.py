@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lvt_jax.models import subscale
+from lvt_jax.models.lvt import subscale
 
 
 def context_conv(codes: jax.Array, slice_idx: jax.Array, kernel_flat: jax.Array,

@@ -4,7 +4,7 @@ Follows ``docs/lvt-architecture.md`` ("Stage 2") and the reference release
 ``rakhimovv/lvt`` (``vidgen.modeling.autoregressive.videotransformer``).
 
 Data layout: a clip of codes is int32 ``[B, T, H, W, nc]``; a slice (see
-:mod:`lvt_jax.models.subscale`) is ``[B, t, h, w, nc]``; hidden states are
+:mod:`lvt_jax.models.lvt.subscale`) is ``[B, t, h, w, nc]``; hidden states are
 ``[B, t, h, w, d]``; logits are ``[B, t, h, w, nc, nv]``.
 
 Parameter tree (``params`` collection), top level::
@@ -46,12 +46,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lvt_jax.models import subscale
-from lvt_jax.models.attention import LN_EPS, AttentionStack
-from lvt_jax.models.context import ContextConv
-from lvt_jax.models.linear import dense_nd
-from lvt_jax.models.masked_conv import MaskedConv3D
-from lvt_jax.models.position import sinusoidal_3d
+from lvt_jax.models.lvt import subscale
+from lvt_jax.models.lvt.attention import LN_EPS, AttentionStack
+from lvt_jax.models.lvt.context import ContextConv
+from lvt_jax.models.lvt.linear import dense_nd
+from lvt_jax.models.lvt.masked_conv import MaskedConv3D
+from lvt_jax.models.lvt.position import sinusoidal_3d
 
 # ----------------------------------------------------------------------------
 # Config

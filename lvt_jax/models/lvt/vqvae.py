@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lvt_jax.models.layers import Conv, ConvTranspose, constrain_batch
-from lvt_jax.models.quantizer import DecomposedQuantizer
+from lvt_jax.models.lvt.quantizer import DecomposedQuantizer
 
 
 class ResBlock(nn.Module):

@@ -1,0 +1,1 @@
+"""LVT's samplers: cached (key/value cache, incremental masked conv) and naive (reference)."""
