@@ -17,6 +17,7 @@ from lvt_jax.sharding import DEFAULT_RULES
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.system = "lvt"   # 'lvt' | 'hdr': which system --mode=all/sample/evaluate runs
     c.seed = 0
     # Mesh over all devices; -1 takes the rest. Logical axes map onto these names.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -103,6 +104,40 @@ def base_config() -> ml_collections.ConfigDict:
         prime=config_dict.placeholder(str),  # video file, image or folder of frames
         label=-1,                  # its class id, for a class-conditional stage 2
         fps=4))                    # of the written mp4/gif
+    return c
+
+
+def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Switches a config to HDR and adds its sections (demo-size defaults).
+
+    The LVT sections stay: HDR reuses data, mesh, sample and eval, and the memory
+    benchmark compiles both systems' steps from one config. Sizes are this project's
+    design (the paper's are not public); see lvt_jax/models/hdr/.
+    """
+    c.system = "hdr"
+    c.hdr = ml_collections.ConfigDict()
+    c.hdr.model = ml_collections.ConfigDict(dict(
+        num_objects=4,             # K object slots (+ 1 background slot)
+        slot_dim=64, mlp_dim=128,
+        enc_channels=(32, 32, 64),  # two stride-2 convs and one stride-1: H/4 x W/4 inputs
+        iters_first=3, iters=1,    # slot-attention iterations on frame 0 / later frames
+        static_dim=16,             # time-independent latent of an object slot
+        dynamic_dim=8,             # time-varying latent per slot per frame (first 2: position)
+        bg_channels=8,             # background's static map: bg_channels x H/4 x W/4
+        dec_channels=32,
+        logvar_min=-10.0, logvar_max=4.0))
+    c.hdr.autoencoder = ml_collections.ConfigDict()
+    c.hdr.autoencoder.num_mask_ids = 5    # instance ids in the masks: table, gripper, 3 objects
+    c.hdr.autoencoder.train = ml_collections.ConfigDict(dict(
+        batch_size=8, clip_length=6,   # clips of 6 frames (SAVi trains on 6)
+        eval_clip_length=0,            # 0: data.clip_length (what stage 2 and sampling use)
+        num_steps=2000, learning_rate=4e-4, warmup_steps=100, final_lr_fraction=0.05,
+        grad_clip=1.0,
+        # KL weights per pixel value of the clip (see stages/hdr_autoencoder.py)
+        kl_static=0.01, kl_dynamic=0.01,
+        mask_metrics=True,             # FG-ARI and the swap test where masks exist
+        log_every=50, eval_every=500, eval_batches=4, eval_batch_size=8,
+        checkpoint_every=500, keep=2, progress=True))
     return c
 
 

@@ -6,6 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def to_model_input(images: jax.Array) -> jax.Array:
+    """uint8 pixels -> [-1, 1] (x / 127.5 - 1), as the LVT reference release feeds its
+    models; both systems' models take frames in this range."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
 def to_unit(x: jax.Array) -> jax.Array:
     """[-1, 1] floats -> [0, 1], clipped as a saved image would be."""
     return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)

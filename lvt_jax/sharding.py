@@ -41,6 +41,10 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("relpos", None),
     ("slices", None),
     ("classes", None),
+    # HDR
+    ("slot", None),      # the slots' learned initial states
+    ("pos", None),       # coordinate inputs of position embeddings
+    ("latent", None),    # latent vectors / maps (small)
 )
 
 

@@ -11,14 +11,10 @@ import optax
 
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
+from lvt_jax.metrics import to_model_input
 from lvt_jax.models.lvt.vqvae import VQVAE
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
-
-
-def to_model_input(images: jax.Array) -> jax.Array:
-    """uint8 pixels -> [-1, 1] (x / 127.5 - 1), as in the reference release."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:

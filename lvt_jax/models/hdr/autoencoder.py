@@ -1,0 +1,160 @@
+"""HDR stage 1: the hierarchical disentangled autoencoder (this project's design; the
+paper's architecture is not public).
+
+Per frame a CNN encodes the image; slot attention splits it among one background slot
+(index 0) and K object slots. The slots of frame t start from those of frame t-1 (passed
+through a predictor), so slot k follows the same object through the clip. Every slot
+then carries two latents:
+
+* a time-independent (static) one, inferred per frame and pooled over the clip's first L
+  frames (one per slot per clip): a vector of `static_dim` numbers for an object, a
+  spatial map of `bg_channels` x (H/4) x (W/4) for the background (pooled per pixel over
+  the frames where the background slot sees it);
+* a time-varying (dynamic) one per frame, `dynamic_dim` numbers, whose first two are the
+  slot's position (the centre of its attention), which the object renderer works
+  relative to.
+
+Both are Gaussian posteriors (KL terms against N(0, 1) in stage 1). The decoder renders
+each slot to RGB + alpha and composites them with alphas normalised over the slots.
+
+Shapes: video [B, T, H, W, 3] in [-1, 1]; S = K + 1 slots; h, w = H/4, W/4.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lvt_jax.models.hdr import latents as L
+from lvt_jax.models.hdr.decoder import BackgroundDecoder, ObjectDecoder, composite
+from lvt_jax.models.hdr.encoder import FrameEncoder
+from lvt_jax.models.hdr.nets import MLP, dense, grid_coords
+from lvt_jax.models.hdr.slot_attention import SlotAttention, SlotPredictor
+
+POSITION_DIMS = 2  # the first dynamic numbers of every slot: (y, x) in [-1, 1]
+
+
+class HDRAutoencoder(nn.Module):
+    config: Any  # hdr.model: num_objects, slot_dim, mlp_dim, enc_channels, iters_first,
+    #              iters, static_dim, dynamic_dim, bg_channels, dec_channels,
+    #              logvar_min, logvar_max
+
+    def setup(self):
+        c = self.config
+        self.num_slots = int(c.num_objects) + 1
+        self.encoder = FrameEncoder(tuple(c.enc_channels), int(c.slot_dim))
+        self.slot_attention = SlotAttention(int(c.slot_dim), int(c.mlp_dim))
+        self.predictor = SlotPredictor(int(c.slot_dim), int(c.mlp_dim))
+        self.init_slots = self.param(
+            "init_slots", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                       ("slot", "embed")),
+            (self.num_slots, int(c.slot_dim)))
+        self.dynamic_head = MLP(int(c.mlp_dim), 2 * int(c.dynamic_dim))
+        self.static_head = MLP(int(c.mlp_dim), 2 * int(c.static_dim))
+        self.bg_head = dense(2 * int(c.bg_channels), axes=("embed", "latent"))
+        self.object_decoder = ObjectDecoder(int(c.dec_channels))
+        self.background_decoder = BackgroundDecoder(int(c.dec_channels))
+
+    # --- inference -------------------------------------------------------------------
+    def encode(self, video: jax.Array, init_slots: jax.Array | None = None) -> dict:
+        """Per-frame posterior statistics of a clip (nothing pooled yet).
+
+        Returns slots [B,T,S,D], attn [B,T,S,N], dyn_mu / dyn_logvar [B,T,S,Dd],
+        obj_mu / obj_logvar [B,T,K,Ds] (per-frame static estimates), bg_mu / bg_logvar
+        [B,T,h,w,Cb] and bg_weight [B,T,h,w,1] (how much the background slot sees there).
+        `init_slots` [B, S, D] replaces the learned initial slots (tests, analysis).
+        """
+        c = self.config
+        chex.assert_rank(video, 5)
+        B, T, H, W, _ = video.shape
+        feats = self.encoder(video.reshape(B * T, H, W, 3))
+        h, w, D = feats.shape[1:]
+        feats = feats.reshape(B, T, h * w, D)
+        slots = (jnp.broadcast_to(self.init_slots, (B,) + self.init_slots.shape)
+                 if init_slots is None else init_slots)
+        chex.assert_shape(slots, (B, self.num_slots, int(c.slot_dim)))
+        all_slots, all_attn = [], []
+        for t in range(T):  # the recurrence: frame t starts from frame t-1's slots
+            if t > 0:
+                slots = self.predictor(slots)
+            slots, attn = self.slot_attention(
+                slots, feats[:, t], int(c.iters_first if t == 0 else c.iters))
+            all_slots.append(slots)
+            all_attn.append(attn)
+        slots, attn = jnp.stack(all_slots, 1), jnp.stack(all_attn, 1)
+        lo, hi = float(c.logvar_min), float(c.logvar_max)
+        dyn_mu, dyn_logvar = L.split_gaussian(self.dynamic_head(slots), lo, hi)
+        # Position: the centre of the slot's attention (weights normalised over inputs).
+        wts = attn / (jnp.sum(attn, -1, keepdims=True) + 1e-8)
+        centre = jnp.einsum("btsn,nc->btsc", wts, grid_coords(h, w).reshape(h * w, 2))
+        dyn_mu = jnp.concatenate([centre, dyn_mu[..., POSITION_DIMS:]], -1)
+        obj_mu, obj_logvar = L.split_gaussian(self.static_head(slots[:, :, 1:]), lo, hi)
+        bg_mu, bg_logvar = L.split_gaussian(
+            self.bg_head(feats.reshape(B, T, h, w, D)), lo, hi)
+        return dict(slots=slots, attn=attn, dyn_mu=dyn_mu, dyn_logvar=dyn_logvar,
+                    obj_mu=obj_mu, obj_logvar=obj_logvar, bg_mu=bg_mu, bg_logvar=bg_logvar,
+                    bg_weight=attn[:, :, 0].reshape(B, T, h, w, 1))
+
+    def static_posterior(self, enc: dict, length: jax.Array) -> dict:
+        """Pools the per-frame static estimates over each clip's first `length` frames:
+        obj_mu / obj_logvar [B, K, Ds], bg_mu / bg_logvar [B, h, w, Cb]."""
+        T = enc["obj_mu"].shape[1]
+        fw = L.prefix_weights(length, T)
+        bw = enc["bg_weight"]
+        return dict(obj_mu=L.pool_frames(enc["obj_mu"], fw),
+                    obj_logvar=L.pool_frames(enc["obj_logvar"], fw),
+                    bg_mu=L.pool_frames(enc["bg_mu"], fw, bw),
+                    bg_logvar=L.pool_frames(enc["bg_logvar"], fw, bw))
+
+    # --- rendering -------------------------------------------------------------------
+    def decode(self, obj_static: jax.Array, bg_static: jax.Array, dynamic: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Static latents obj [B, K, Ds], bg [B, h, w, Cb] and dynamic ones [B, T, S, Dd]
+        -> (frames [B, T, H, W, 3], layers rgb [B, T, S, H, W, 3], alphas [B, T, S, H, W])."""
+        B, T, S, Dd = dynamic.shape
+        K = S - 1
+        chex.assert_shape(obj_static, (B, K, None))
+        obj_z = jnp.concatenate([jnp.broadcast_to(obj_static[:, None], (B, T, K, obj_static.shape[-1])),
+                                 dynamic[:, :, 1:]], -1)
+        obj_rgb, obj_alpha = self.object_decoder(
+            obj_z.reshape(B * T * K, -1), dynamic[:, :, 1:, :POSITION_DIMS].reshape(B * T * K, 2))
+        bg_map = jnp.broadcast_to(bg_static[:, None], (B, T) + bg_static.shape[1:])
+        bg_rgb, bg_alpha = self.background_decoder(
+            bg_map.reshape((B * T,) + bg_static.shape[1:]), dynamic[:, :, 0].reshape(B * T, Dd))
+        H, W = bg_rgb.shape[1:3]
+        rgb = jnp.concatenate([bg_rgb.reshape(B, T, 1, H, W, 3),
+                               obj_rgb.reshape(B, T, K, H, W, 3)], 2)
+        logits = jnp.concatenate([bg_alpha.reshape(B, T, 1, H, W),
+                                  obj_alpha.reshape(B, T, K, H, W)], 2)
+        frames, alphas = composite(rgb, logits, slot_axis=2)
+        return frames, rgb, alphas
+
+    # --- the whole autoencoder ---------------------------------------------------------
+    def __call__(self, video: jax.Array, *, rng: jax.Array | None = None,
+                 length: jax.Array | None = None, init_slots: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict]:
+        """Reconstructs a clip. With `rng` the latents are sampled from their posteriors
+        (training), else their means are used. `length` [B]: frames the static latents
+        pool over (default: all)."""
+        B, T = video.shape[:2]
+        enc = self.encode(video, init_slots)
+        length = jnp.full((B,), T, jnp.int32) if length is None else length
+        post = self.static_posterior(enc, length)
+        if rng is None:
+            obj, bg, dyn = post["obj_mu"], post["bg_mu"], enc["dyn_mu"]
+        else:
+            r1, r2, r3 = jax.random.split(rng, 3)
+            obj = L.reparameterize(r1, post["obj_mu"], post["obj_logvar"])
+            bg = L.reparameterize(r2, post["bg_mu"], post["bg_logvar"])
+            dyn = L.reparameterize(r3, enc["dyn_mu"], enc["dyn_logvar"])
+        frames, rgb, alphas = self.decode(obj, bg, dyn)
+        kl_obj = jnp.sum(L.kl_std_normal(post["obj_mu"], post["obj_logvar"]), (1, 2))
+        kl_bg = jnp.sum(L.kl_std_normal(post["bg_mu"], post["bg_logvar"]), (1, 2, 3))
+        kl_dyn = jnp.sum(L.kl_std_normal(enc["dyn_mu"], enc["dyn_logvar"]), (1, 2, 3))
+        aux = dict(enc=enc, post=post, rgb=rgb, alphas=alphas,
+                   kl_static=kl_obj + kl_bg, kl_static_objects=kl_obj,
+                   kl_static_background=kl_bg, kl_dynamic=kl_dyn)
+        return frames, aux

@@ -1,0 +1,72 @@
+"""Renderers of HDR's layers and their compositing.
+
+Each slot is rendered to RGB plus an alpha logit at full resolution; the alphas are
+normalised over the slots (a softmax per pixel), so they sum to 1 at every pixel, and the
+frame is the alpha-weighted sum of the layers.
+
+Object slots use a spatial-broadcast decoder whose coordinate grid is taken *relative to
+the slot's position* (the first two numbers of its time-varying latent, initialised from
+the centre of its attention): a slot's appearance is rendered in its own frame of
+reference, and moving it is a change of two numbers. This is what lets the
+time-independent latent carry appearance and the small time-varying one carry motion.
+The background is rendered from its static spatial map (a textured table does not fit in
+a vector) plus its time-varying latent broadcast over the map.
+"""
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lvt_jax.models.hdr.nets import dense, grid_coords
+from lvt_jax.models.layers import Conv, ConvTranspose, constrain_batch
+
+
+def _upsample_to_rgba(x: jax.Array, channels: int) -> jax.Array:
+    """[N, h, w, C] -> [N, 4h, 4w, 4] (RGB + alpha logit) with two 2x transposed convs."""
+    x = nn.relu(ConvTranspose(channels, 4, 2, 1, name="up1")(x))
+    x = constrain_batch(x)
+    return ConvTranspose(4, 4, 2, 1, name="up2")(x)
+
+
+class ObjectDecoder(nn.Module):
+    """(latent [N, Dz], position [N, 2]) -> (rgb [N, H, W, 3], alpha logit [N, H, W])."""
+    channels: int = 32
+    grid: int = 16            # broadcast resolution (the output is 4x larger)
+
+    @nn.compact
+    def __call__(self, z: jax.Array, pos: jax.Array) -> tuple[jax.Array, jax.Array]:
+        chex.assert_rank([z, pos], 2)
+        g = self.grid
+        rel = grid_coords(g, g)[None] - pos[:, None, None, :]          # [N, g, g, 2]
+        h = dense(self.channels, "latent", axes=("latent", "embed"))(z)[:, None, None, :]
+        h = h + dense(self.channels, "pos", axes=("pos", "embed"))(rel)
+        h = nn.relu(h)
+        h = nn.relu(Conv(self.channels, 3, padding=1, name="conv")(h))
+        out = _upsample_to_rgba(h, self.channels)
+        return out[..., :3], out[..., 3]
+
+
+class BackgroundDecoder(nn.Module):
+    """(static map [N, h, w, Cb], time-varying latent [N, Dd]) -> (rgb, alpha logit)."""
+    channels: int = 32
+
+    @nn.compact
+    def __call__(self, bg_map: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        chex.assert_rank([bg_map, z], [4, 2])
+        zz = dense(bg_map.shape[-1], "latent", axes=("latent", "embed"))(z)
+        h = jnp.concatenate([bg_map, jnp.broadcast_to(zz[:, None, None, :], bg_map.shape)], -1)
+        h = nn.relu(Conv(self.channels, 3, padding=1, name="conv1")(h))
+        h = nn.relu(Conv(self.channels, 3, padding=1, name="conv2")(h))
+        out = _upsample_to_rgba(h, self.channels)
+        return out[..., :3], out[..., 3]
+
+
+def composite(rgb: jax.Array, alpha_logits: jax.Array, slot_axis: int = 1
+              ) -> tuple[jax.Array, jax.Array]:
+    """Layers rgb [..., S, H, W, 3] and alpha logits [..., S, H, W] (S at `slot_axis`)
+    -> (frame [..., H, W, 3], alphas [..., S, H, W] summing to 1 over the slots)."""
+    alphas = jax.nn.softmax(alpha_logits, axis=slot_axis)
+    frame = jnp.sum(alphas[..., None] * rgb, axis=slot_axis)
+    return frame, alphas
