@@ -43,13 +43,23 @@ def cfg(tmp_path_factory) -> ml_collections.ConfigDict:
 
 
 @pytest.fixture(scope="module")
-def train_videos(cfg) -> np.ndarray:
-    return sp.generate_videos(0, "train", 0, NUM_TRAIN)["video"]
+def train_set(cfg) -> dict[str, np.ndarray]:
+    return sp.generate_videos(0, "train", 0, NUM_TRAIN)
 
 
 @pytest.fixture(scope="module")
-def test_videos(cfg) -> np.ndarray:
-    return sp.generate_videos(0, "test", 0, NUM_TEST)["video"]
+def test_set(cfg) -> dict[str, np.ndarray]:
+    return sp.generate_videos(0, "test", 0, NUM_TEST)
+
+
+@pytest.fixture(scope="module")
+def train_videos(train_set) -> np.ndarray:
+    return train_set["video"]
+
+
+@pytest.fixture(scope="module")
+def test_videos(test_set) -> np.ndarray:
+    return test_set["video"]
 
 
 def take(it, n: int) -> list[dict[str, np.ndarray]]:
@@ -127,6 +137,136 @@ def test_eval_covers_every_sample_exactly_once(cfg, test_videos, kind, batch_siz
         next(it)
     it.reset()
     np.testing.assert_array_equal(next(it)[key], batches[0][key])
+
+
+WITH_MASKS = ("video", pipeline.INSTANCE_MASK)
+
+
+def test_clips_carry_instance_masks_in_the_video_window(cfg, train_set, test_set):
+    # Train: a random window per clip; the mask is cut at the same start as the video.
+    it = pipeline.make_iterator(cfg, "train", "clips", 4, None, seed=1, train=True,
+                                features=WITH_MASKS)
+    starts = set()
+    for step, batch in enumerate(take(it, 3)):
+        assert set(batch) == {"video", "instance_mask"}
+        assert batch["instance_mask"].shape == (4, 16, 64, 64)
+        assert batch["instance_mask"].dtype == np.uint8
+        for row in range(4):
+            g = step * 4 + row
+            item = pipeline.shuffled_item(1, g, NUM_TRAIN)
+            start = int(pipeline.sample_rng(1, g).integers(0, T - 16 + 1))
+            window = slice(start, start + 16)
+            np.testing.assert_array_equal(batch["video"][row], train_set["video"][item][window])
+            np.testing.assert_array_equal(
+                batch["instance_mask"][row], train_set["instance_mask"][item][window]
+            )
+            starts.add(start)
+    assert len(starts) > 3, "varying windows, so a misaligned mask would show"
+    # The same batches as without masks: asking for them changes nothing else.
+    plain = take(pipeline.make_iterator(cfg, "train", "clips", 4, None, seed=1, train=True), 3)
+    it = pipeline.make_iterator(cfg, "train", "clips", 4, None, seed=1, train=True,
+                                features=WITH_MASKS)
+    for want, batch in zip(plain, take(it, 3)):
+        np.testing.assert_array_equal(batch["video"], want["video"])
+    # Eval: first 16 frames, the padding rows' masks zero, 'mask' still the padding key.
+    batches = list(pipeline.make_iterator(cfg, "test", "clips", 4, None, seed=0, train=False,
+                                          features=WITH_MASKS))
+    assert all(set(b) == {"video", "instance_mask", "mask"} for b in batches)
+    masks = np.concatenate([b["instance_mask"] for b in batches])
+    np.testing.assert_array_equal(masks[:NUM_TEST], test_set["instance_mask"][:, :16])
+    assert not masks[NUM_TEST:].any()
+    np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]),
+                                  np.arange(len(masks)) < NUM_TEST)
+
+
+def test_load_videos_with_instance_masks(cfg, test_set):
+    videos = pipeline.load_videos(cfg, "test", features=WITH_MASKS)
+    assert videos.extra_features == ("instance_mask",)
+    np.testing.assert_array_equal(videos[3], test_set["video"][3])  # videos[i]: still video i
+    mask = videos.feature(3, "instance_mask")
+    assert mask.shape == (T, 64, 64) and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, test_set["instance_mask"][3])
+    item = videos.item(2)
+    assert set(item) == {"video", "instance_mask"}
+    np.testing.assert_array_equal(item["instance_mask"], test_set["instance_mask"][2])
+    assert not mask.flags.writeable, "cached arrays are shared: read-only"
+    # A source loaded without masks says how to get them.
+    with pytest.raises(ValueError, match=r"features=\('video', 'instance_mask'\)"):
+        pipeline.load_videos(cfg, "test").feature(0, "instance_mask")
+
+
+def test_tiny_fixture_dataset_has_masks(tiny_data_dir):
+    from tests.helpers import tiny_config
+
+    videos = pipeline.load_videos(tiny_config(tiny_data_dir).data, "test", features=WITH_MASKS)
+    assert len(videos) == 4
+    assert len(list(pathlib.Path(tiny_data_dir).glob("synthetic_pushing/*/2.0.0"))) == 1
+    np.testing.assert_array_equal(
+        videos.feature(1, "instance_mask"), sp.generate_videos(0, "test", 1, 1)["instance_mask"][0]
+    )
+
+
+@pytest.mark.parametrize("name", ["bair", "kinetics600"])
+def test_instance_masks_refused_for_datasets_without_them(tmp_path, name):
+    cfg = make_cfg(str(tmp_path / "tfds"), name=name, bair_source_dir=str(tmp_path / "none"))
+    cfg.kinetics = {"source_dir": str(tmp_path / "none")}
+    match = rf"data.name='{name}'.*'instance_mask'.*data.name=synthetic_pushing.*metrics"
+    with pytest.raises(ValueError, match=match):
+        pipeline.check_features(cfg, WITH_MASKS)  # from the config alone
+    with pytest.raises(ValueError, match=match):
+        pipeline.make_iterator(cfg, "train", "clips", 4, None, seed=0, train=True,
+                               features=WITH_MASKS)
+    with pytest.raises(ValueError, match=match):
+        pipeline.load_videos(cfg, "test", features=WITH_MASKS)
+    assert not (tmp_path / "tfds").exists(), "refused before anything is prepared"
+
+
+def test_feature_requests_are_checked(cfg):
+    assert pipeline.check_features(cfg, WITH_MASKS) == ("instance_mask",)
+    assert pipeline.check_features(cfg, ("video",)) == ()
+    assert "synthetic_pushing" in pipeline.DATASETS_WITH_INSTANCE_MASKS
+    with pytest.raises(ValueError, match="padding.*'instance_mask'"):
+        pipeline.check_features(cfg, ("video", "mask"))
+    for bad in [("instance_mask",), ("video", "depth"), ("video", "video")]:
+        with pytest.raises(ValueError, match="features must be 'video' plus"):
+            pipeline.check_features(cfg, bad)
+    with pytest.raises(ValueError, match="kind='clips' only"):
+        pipeline.make_iterator(cfg, "test", "frames", 4, None, seed=0, train=False,
+                               features=WITH_MASKS)
+
+
+def test_old_version_copy_is_rebuilt_not_misread(tmp_path):
+    """A data_dir holding a 1.0.0 copy (no masks) gets a 2.0.0 copy beside it."""
+    import tensorflow_datasets as tfds
+
+    class PushingV1(sp.SyntheticPushing, skip_registration=True):
+        name = "synthetic_pushing"
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            info = super()._info()
+            features = {k: v for k, v in info.features.items() if k != "instance_mask"}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                features), disable_shuffling=True)
+
+        def _generate_examples(self, seed, split, count):
+            for i, example in super()._generate_examples(seed, split, count):
+                del example["instance_mask"]
+                yield i, {**example, "video": np.zeros_like(example["video"])}  # recognisable
+
+    cfg = make_cfg(str(tmp_path), synthetic={"num_train": 2, "num_test": 2, "seed": 0})
+    old = PushingV1(config=sp.make_config(2, 2, 0), data_dir=str(tmp_path),
+                    file_format="array_record")
+    old.download_and_prepare()
+    assert old.data_path.name == "1.0.0"
+    old_files = sorted(p.name for p in old.data_path.iterdir())
+    videos = pipeline.load_videos(cfg, "test", features=WITH_MASKS)
+    expected = sp.generate_videos(0, "test", 0, 2)
+    np.testing.assert_array_equal(videos[1], expected["video"][1])  # not the old zeros
+    np.testing.assert_array_equal(videos.feature(1, "instance_mask"), expected["instance_mask"][1])
+    versions = sorted(p.name for p in (tmp_path / "synthetic_pushing" / "train2_test2_seed0").iterdir())
+    assert versions == ["1.0.0", "2.0.0"]
+    assert sorted(p.name for p in old.data_path.iterdir()) == old_files, "old copy untouched"
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -222,6 +362,8 @@ def check_sharded(cfg_dict: dict) -> None:
         sharding = NamedSharding(mesh, P(("data", "fsdp"), None, None, None))
         for kind, train in [("frames", True), ("clips", False)]:
             kw = dict(seed=9, train=train)
+            if kind == "clips":  # with the rank-4 uint8 instance masks
+                kw["features"] = ("video", pipeline.INSTANCE_MASK)
             it = pipeline.make_iterator(cfg, "test", kind, 16, sharding, **kw)
             ref = pipeline.make_iterator(cfg, "test", kind, 16, None, **kw)
             for _ in range(2 if train else len(it)):

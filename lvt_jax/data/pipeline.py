@@ -47,6 +47,12 @@ _TRAIN_STEPS = 2**40  # "forever": a finite length keeps grain's index arithmeti
 
 DATASETS = ("synthetic_pushing", "bair", "kinetics600")
 KINDS = ("frames", "clips")
+# Per-pixel instance ids uint8 [T, H, W] (0 background, then one id per body), the ground
+# truth of object-centric metrics (FG-ARI). Not 'mask': eval batches already use that key
+# for their padding rows.
+INSTANCE_MASK = "instance_mask"
+DATASETS_WITH_INSTANCE_MASKS = ("synthetic_pushing",)  # the datasets whose videos carry one
+FEATURES = ("video", INSTANCE_MASK)  # the per-frame features a source / clip batch can carry
 
 
 class RandomAccessSource(Protocol):
@@ -69,6 +75,10 @@ class VideoSource:
     num_frames / labels (int32 [N], optional): every video's length and class, known
     without decoding (Kinetics stores them beside its shards). Without num_frames every
     video is assumed as long as video 0 (BAIR, synthetic_pushing: all 30 frames).
+
+    extra_features: per-frame features decoded (and cached) with each video, leading axis
+    the video's frames, e.g. INSTANCE_MASK. `source[i]` stays the video, so every caller
+    that wants only videos is unaffected; `source.feature(i, name)` gives the others.
     """
 
     def __init__(
@@ -78,10 +88,14 @@ class VideoSource:
         cache_size: int = 4,
         num_frames: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        extra_features: Sequence[str] = (),
     ):
         self._data_source = data_source
         self._feature = feature
         self._cache_size = cache_size
+        self.extra_features = tuple(extra_features)
+        if "video" in self.extra_features or feature in self.extra_features:
+            raise ValueError(f"extra_features {self.extra_features} repeat the video feature.")
         for name, arr in (("num_frames", num_frames), ("labels", labels)):
             if arr is not None and len(arr) != len(data_source):
                 raise ValueError(
@@ -93,7 +107,7 @@ class VideoSource:
         self._init_cache()
 
     def _init_cache(self) -> None:
-        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[int, Batch] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:  # picklable for grain worker processes
@@ -109,25 +123,54 @@ class VideoSource:
         return len(self._data_source)
 
     def __getitem__(self, index: int) -> np.ndarray:
+        return self.item(index)["video"]
+
+    def feature(self, index: int, name: str) -> np.ndarray:
+        """Feature `name` ('video' or one of extra_features) of video `index`, read-only."""
+        item = self.item(index)
+        if name not in item:
+            raise ValueError(
+                f"feature {name!r} was not read: this source has {tuple(item)}; ask for it "
+                f"when loading, e.g. load_videos(data_cfg, split, features=('video', {name!r}))."
+            )
+        return item[name]
+
+    def item(self, index: int) -> Batch:
+        """{'video': uint8 [T,H,W,3], **extra_features} of video `index`, read-only arrays."""
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"video index {index} out of range [0, {len(self)}).")
         with self._lock:
             if index in self._cache:
                 self._cache.move_to_end(index)
-                return self._cache[index]
-        video = np.asarray(self._data_source[index][self._feature])
+                return dict(self._cache[index])  # a new dict: the cached one stays as read
+        record = self._data_source[index]
+        video = np.asarray(record[self._feature])
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(
                 f"expected uint8 [T,H,W,3] videos in feature {self._feature!r}, got "
                 f"{video.dtype} {video.shape}."
             )
-        video.setflags(write=False)  # shared through the cache: nobody may modify it
+        item = {"video": video}
+        for name in self.extra_features:
+            if name not in record:
+                raise ValueError(
+                    f"video {index} has no feature {name!r} (it has {sorted(record)}); use a "
+                    "dataset that stores it or stop asking for it."
+                )
+            item[name] = np.asarray(record[name])
+            if item[name].shape[:1] != video.shape[:1]:
+                raise ValueError(
+                    f"feature {name!r} of video {index} has shape {item[name].shape}: expected "
+                    f"one entry per frame ({video.shape[0]} frames) on its leading axis."
+                )
+        for value in item.values():
+            value.setflags(write=False)  # shared through the cache: nobody may modify it
         with self._lock:
-            self._cache[index] = video
+            self._cache[index] = item
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return video
+        return dict(item)
 
     @property
     def video_shape(self) -> tuple[int, ...]:
@@ -239,14 +282,47 @@ def _prepare(builder: Any) -> None:
     multihost_utils.sync_global_devices(f"lvt_jax.data.prepared:{builder.info.full_name}")
 
 
-def load_videos(data_cfg: Any, split: str) -> VideoSource:
+def check_features(data_cfg: Any, features: Sequence[str]) -> tuple[str, ...]:
+    """Checks that data_cfg's dataset has `features`, from the config alone (no data read).
+
+    Returns the features other than 'video'. load_videos / make_iterator call it before
+    anything is built; config validation can call it too.
+    """
+    features = (features,) if isinstance(features, str) else tuple(features)
+    name = _cfg_get(data_cfg, "name")
+    if "mask" in features:
+        raise ValueError(
+            "'mask' is not a video feature: eval batches use that key for their padding rows "
+            f"(1 real, 0 padding). The per-pixel instance masks are {INSTANCE_MASK!r}."
+        )
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown or "video" not in features or len(set(features)) != len(features):
+        raise ValueError(
+            f"features must be 'video' plus any of {FEATURES[1:]}, each once; got {features}."
+        )
+    if INSTANCE_MASK in features and name not in DATASETS_WITH_INSTANCE_MASKS:
+        raise ValueError(
+            f"data.name={name!r} has no {INSTANCE_MASK!r} feature (ground-truth per-pixel "
+            f"instance masks): only {', '.join(DATASETS_WITH_INSTANCE_MASKS)} stores them. Use "
+            "--config.data.name=synthetic_pushing, or turn off the mask-based metrics (FG-ARI)."
+        )
+    return tuple(f for f in features if f != "video")
+
+
+def load_videos(data_cfg: Any, split: str, features: Sequence[str] = ("video",)) -> VideoSource:
     """Random-access videos of `split` ('train' | 'test'); builds the dataset on first use.
 
     synthetic_pushing is generated on the spot; bair is converted from the local files in
     data_cfg.bair_source_dir, kinetics600 from the clips in data_cfg.kinetics.source_dir
     (never downloaded). Reading needs numpy only. For kinetics600 the split 'test' means
     data_cfg.kinetics.test_split ('test' or 'validation').
+
+    features: 'video' plus per-frame features to read with it, e.g. ('video',
+    INSTANCE_MASK) for evaluating a decomposition: `source[i]` is still video i and
+    `source.feature(i, INSTANCE_MASK)` its uint8 [T, H, W] ids. A dataset without a
+    requested feature is refused before it is built.
     """
+    extra = check_features(data_cfg, features)
     builder = _make_builder(data_cfg)
     _prepare(builder)
     if builder.name == "kinetics600" and split.split("[", 1)[0] == "test":
@@ -264,11 +340,15 @@ def load_videos(data_cfg: Any, split: str) -> VideoSource:
             f"split {split!r} not in {builder.info.full_name}: choose from {available}{hint}."
         )
     index = builder.clip_index(split) if hasattr(builder, "clip_index") else {}
-    return VideoSource(
+    source = VideoSource(
         builder.as_data_source(split=split),
         num_frames=index.get("num_frames"),
         labels=index.get("label"),
+        extra_features=extra,
     )
+    if extra and len(source):
+        source.item(0)  # a missing or malformed feature fails here, not in a worker
+    return source
 
 
 # --------------------------------------------------------------------------- transforms
@@ -331,6 +411,7 @@ class ClipTransform:
 
     clip_length: int
     random_start: bool
+    extra_features: tuple[str, ...] = ()  # cut to the same window (VideoSource.feature)
 
     def __call__(self, source: RandomAccessSource, index: int, rng: np.random.Generator) -> Batch:
         video = np.asarray(source[int(index)])
@@ -341,7 +422,11 @@ class ClipTransform:
                 "lower data.clip_length."
             )
         start = int(rng.integers(0, length - self.clip_length + 1)) if self.random_start else 0
-        return {"video": video[start : start + self.clip_length]}
+        window = slice(start, start + self.clip_length)
+        clip = {"video": video[window]}
+        for name in self.extra_features:
+            clip[name] = np.asarray(source.feature(int(index), name))[window]
+        return clip
 
 
 # --------------------------------------------------------------------------- batching
@@ -757,10 +842,14 @@ def make_iterator(
     process_count: int | None = None,
     frames_per_video: int = 0,
     eval_frames_per_video: int = 0,
+    features: Sequence[str] = ("video",),
 ) -> BatchIterator:
     """Video batches: kind 'frames' -> {'image': uint8 [B,H,W,3]} over every frame of every
     video; kind 'clips' -> {'video': uint8 [B,L,H,W,3]}, L = data_cfg.clip_length, random
     window in train, first L frames in eval. Eval batches also carry 'mask' float32 [B].
+
+    features (clips only): ('video', INSTANCE_MASK) adds 'instance_mask' uint8 [B,L,H,W],
+    the same window as the video's; asking it of a dataset without masks fails here.
 
     Frames, as stage 1 samples them: frames_per_video=0 takes every frame of every video
     (BAIR); k > 0 takes k uniformly random frames per video per epoch (Kinetics: 1). In
@@ -769,7 +858,13 @@ def make_iterator(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-    source = load_videos(data_cfg, split)
+    extra = check_features(data_cfg, features)
+    if extra and kind != "clips":
+        raise ValueError(
+            f"features {extra} come with kind='clips' only; for whole videos use "
+            f"load_videos(data_cfg, split, features={tuple(features)})."
+        )
+    source = load_videos(data_cfg, split, features)
     counts = source.frame_counts
     shortest = int(counts.min()) if len(counts) else 0
     per_video = int(frames_per_video if train else eval_frames_per_video)
@@ -802,7 +897,7 @@ def make_iterator(
                 f"clip_length {clip_length} is longer than the shortest {split} video "
                 f"({shortest} frames); lower data.clip_length."
             )
-        transform = ClipTransform(clip_length, random_start=bool(train))
+        transform = ClipTransform(clip_length, random_start=bool(train), extra_features=extra)
         transform(source, 0, sample_rng(0, 0))  # fail now, not in a worker, if clips don't fit
         num_items = len(source)
     return make_array_iterator(
@@ -822,6 +917,8 @@ def make_iterator(
 
 
 __all__ = [
+    "DATASETS_WITH_INSTANCE_MASKS",
+    "INSTANCE_MASK",
     "BatchIterator",
     "ClipTransform",
     "FrameTransform",
@@ -829,6 +926,7 @@ __all__ = [
     "RandomFrameTransform",
     "RandomAccessSource",
     "VideoSource",
+    "check_features",
     "load_videos",
     "make_array_iterator",
     "make_iterator",

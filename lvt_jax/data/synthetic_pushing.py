@@ -8,7 +8,9 @@ seconds and is byte-for-byte reproducible from a seed.
 Video `i` of a split depends only on (seed, split, i): not on the split size or on how
 generation is chunked, so a 12-video test set is a prefix of the 2000-video one.
 
-Features per video: `video` uint8 (30, 64, 64, 3); `gripper_pos` float32 (30, 2) and
+Features per video: `video` uint8 (30, 64, 64, 3); `instance_mask` uint8 (30, 64, 64),
+the ground-truth segmentation for object-centric metrics (FG-ARI): 0 table, 1 gripper and
+arm, 2 + k object k (ids stable through the video); `gripper_pos` float32 (30, 2) and
 `object_pos` float32 (30, 3, 2), (x, y) in pixels (pixel centres at i + 0.5; absent
 objects 0); `num_objects` int32. Storage is array_record with plain `tfds.features.Tensor`
 features (raw bytes), which `tfds.data_source` / `builder.as_data_source()` decode with
@@ -281,14 +283,23 @@ def _object_distance(
     return np.where(is_box, np.maximum(ax, ay) - 0.85 * r, np.sqrt(ax * ax + ay * ay) - r)
 
 
-def _draw_objects(canvas: np.ndarray, params: list[VideoParams], objects: np.ndarray) -> None:
+# Instance-mask labels; a pixel takes the front-most body whose coverage exceeds one half.
+TABLE_ID, GRIPPER_ID, FIRST_OBJECT_ID = 0, 1, 2
+
+
+def _draw_objects(
+    canvas: np.ndarray, labels: np.ndarray, params: list[VideoParams], objects: np.ndarray
+) -> None:
     """Draws each object (and its soft shadow) in a small window around it, in place.
 
-    canvas is (V, T, 3, H + 2*_PAD, W + 2*_PAD). Working on 22x22 windows gathered with flat
-    indices instead of whole frames is what keeps generation fast.
+    canvas is (V, T, 3, H + 2*_PAD, W + 2*_PAD), labels (V, T, H + 2*_PAD, W + 2*_PAD): an
+    object labels the pixels it covers by more than half, over earlier objects, as it is
+    drawn over them. Working on 22x22 windows gathered with flat indices instead of whole
+    frames is what keeps generation fast.
     """
     _, _, _, height, width = canvas.shape
     flat = canvas.reshape(-1)
+    label_flat = labels.reshape(-1)
     offsets = np.arange(_WINDOW)
     channel = np.arange(3)[:, None, None] * (height * width)  # (3, 1, 1)
     for k in range(MAX_OBJECTS):
@@ -304,6 +315,7 @@ def _draw_objects(canvas: np.ndarray, params: list[VideoParams], objects: np.nda
         pixel = rows[..., :, None] * width + cols[..., None, :]  # (V', T, W, W)
         index = frame[..., None, None, None] + channel + pixel[:, :, None]  # (V', T, 3, W, W)
         window = flat[index]
+        label_index = frame[..., None, None] // 3 + pixel  # (V', T, W, W): same pixels, 1 channel
         # Separable coordinates relative to the centre: (V', T, 1, 1, W) and (V', T, 1, W, 1).
         dx = (cols - _PAD + 0.5 - centre[..., 0, None]).astype(np.float32)[..., None, None, :]
         dy = (rows - _PAD + 0.5 - centre[..., 1, None]).astype(np.float32)[..., None, :, None]
@@ -318,17 +330,24 @@ def _draw_objects(canvas: np.ndarray, params: list[VideoParams], objects: np.nda
         window *= keep * (1.0 - alpha)
         window += color * (shade * alpha)
         flat[index] = window
+        covered = alpha[:, :, 0] > 0.5
+        label_flat[label_index[covered]] = FIRST_OBJECT_ID + k
 
 
-def render(params: list[VideoParams], gripper: np.ndarray, objects: np.ndarray) -> np.ndarray:
-    """Draws the videos: table, objects, then the gripper and its shadow. uint8 (V,T,64,64,3).
+def render(
+    params: list[VideoParams], gripper: np.ndarray, objects: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws the videos: table, objects, then the gripper and its shadow.
 
+    Returns the video uint8 (V, T, 64, 64, 3) and its instance mask uint8 (V, T, 64, 64),
+    labelled from the same coverages that blend the bodies in (shadows are not bodies).
     Works channels-first (V, T, 3, H, W) so per-pixel factors broadcast over a leading axis.
     """
     background = np.stack([p.background for p in params]).transpose(0, 3, 1, 2)
     background = np.pad(background, ((0, 0), (0, 0), (_PAD, _PAD), (_PAD, _PAD)), mode="edge")
     canvas = np.repeat(background[:, None], NUM_FRAMES, axis=1)
-    _draw_objects(canvas, params, objects)
+    labels = np.full((len(params), NUM_FRAMES) + canvas.shape[-2:], TABLE_ID, np.uint8)
+    _draw_objects(canvas, labels, params, objects)
 
     # The gripper: a dark arm entering from the top edge and a round head. Distances are
     # built from separable per-row / per-column terms, on a grid 3 px larger up/left so
@@ -360,24 +379,25 @@ def render(params: list[VideoParams], gripper: np.ndarray, objects: np.ndarray) 
     np.clip(out, 0.0, 1.0, out=out)
     out *= np.float32(255.0)
     out += np.float32(0.5)
-    return np.ascontiguousarray(out.astype(np.uint8).transpose(0, 1, 3, 4, 2))
+    mask = labels[..., _PAD:-_PAD, _PAD:-_PAD]
+    mask = np.where(alpha > 0.5, np.uint8(GRIPPER_ID), mask)  # the gripper occludes objects
+    return np.ascontiguousarray(out.astype(np.uint8).transpose(0, 1, 3, 4, 2)), mask
 
 
 def generate_videos(seed: int, split: str, start: int, count: int) -> dict[str, np.ndarray]:
     """Videos start .. start+count-1 of a split, with their ground-truth state.
 
-    Returns `video` uint8 (N,30,64,64,3), `gripper_pos` float32 (N,30,2),
-    `object_pos` float32 (N,30,3,2) (absent objects: 0) and `num_objects` int32 (N,).
+    Returns `video` uint8 (N,30,64,64,3), `instance_mask` uint8 (N,30,64,64) (0 table,
+    1 gripper and arm, 2 + k object k), `gripper_pos` float32 (N,30,2), `object_pos`
+    float32 (N,30,3,2) (absent objects: 0) and `num_objects` int32 (N,).
     """
     params = [sample_video_params(seed, split, i) for i in range(start, start + count)]
     gripper, objects = simulate(params)  # cheap per video once vectorised over many
-    pieces = []
-    for i in range(0, count, _RENDER_CHUNK):
-        part = slice(i, i + _RENDER_CHUNK)
-        pieces.append(render(params[part], gripper[part], objects[part]))
-    video = np.concatenate(pieces)
+    chunks = [slice(i, i + _RENDER_CHUNK) for i in range(0, count, _RENDER_CHUNK)]
+    pieces = [render(params[part], gripper[part], objects[part]) for part in chunks]
     return {
-        "video": video,
+        "video": np.concatenate([video for video, _ in pieces]),
+        "instance_mask": np.concatenate([mask for _, mask in pieces]),
         "gripper_pos": gripper,
         "object_pos": objects,
         "num_objects": np.array([p.num_objects for p in params], np.int32),
@@ -449,8 +469,13 @@ class SyntheticPushing(tfds.core.GeneratorBasedBuilder):
     """BAIR-like synthetic robot pushing: 30 frames of 64x64 RGB, generated locally."""
 
     name = "synthetic_pushing"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    # A new version is a new folder: copies prepared by older code are never read as this one.
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Adds `instance_mask`: per-pixel instance ids (0 table, 1 gripper and arm, "
+        "2 + k object k), for object-centric metrics such as FG-ARI.",
+    }
     BUILDER_CONFIGS = [_DEFAULT_CONFIG]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -464,6 +489,11 @@ class SyntheticPushing(tfds.core.GeneratorBasedBuilder):
                     # own compression shrinks them on disk.
                     "video": tensor(
                         shape=(NUM_FRAMES, SIZE, SIZE, 3),
+                        dtype=np.uint8,
+                        encoding=tfds.features.Encoding.BYTES,
+                    ),
+                    "instance_mask": tensor(
+                        shape=(NUM_FRAMES, SIZE, SIZE),
                         dtype=np.uint8,
                         encoding=tfds.features.Encoding.BYTES,
                     ),
