@@ -25,13 +25,11 @@ import optax
 
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
+from lvt_jax.data.pipeline import DATASETS_WITH_INSTANCE_MASKS, INSTANCE_MASK
 from lvt_jax.eval import ari, swap
 from lvt_jax.models.hdr.autoencoder import HDRAutoencoder
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
-
-INSTANCE_MASK = "instance_mask"   # batch key of the ground-truth instance ids
-MASK_DATASETS = ("synthetic_pushing",)
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
@@ -65,7 +63,7 @@ class HDRAutoencoderStage(Stage):
         self.clip_length = int(t.clip_length)
         self.eval_clip_length = int(t.get("eval_clip_length", 0) or d.clip_length)
         self.num_slots = int(config.hdr.model.num_objects) + 1
-        self.has_masks = d.name in MASK_DATASETS and bool(t.get("mask_metrics", True))
+        self.has_masks = d.name in DATASETS_WITH_INSTANCE_MASKS and bool(t.get("mask_metrics", True))
         self.num_mask_ids = int(config.hdr.autoencoder.get("num_mask_ids", 5))
 
     @property
@@ -183,11 +181,11 @@ class HDRAutoencoderStage(Stage):
         cfg = self.train_cfg
         batch = int(cfg.batch_size if train else cfg.get("eval_batch_size", cfg.batch_size))
         length = self.clip_length if train else self.eval_clip_length
-        extra = {"features": ("video", INSTANCE_MASK)} if (self.has_masks and not train) else {}
+        features = ("video", INSTANCE_MASK) if (self.has_masks and not train) else ("video",)
         sharding = shd.batch_sharding(mesh, 5, shd.rules_from_config(self.config))
         return pipeline.make_iterator(
             clip_data_config(self.config.data, length), split, "clips", batch, sharding,
-            seed=int(self.config.seed), train=train, **extra)
+            seed=int(self.config.seed), train=train, features=features)
 
     def items_per_step(self, batch: dict) -> int:
         return int(self.train_cfg.batch_size) * self.clip_length
