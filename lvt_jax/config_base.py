@@ -135,9 +135,12 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         grad_clip=1.0,
         # KL weights per pixel value of the clip (see stages/hdr_autoencoder.py)
         kl_static=0.01, kl_dynamic=0.01,
-        mask_metrics=True,             # FG-ARI and the swap test where masks exist
+        mask_metrics="auto",           # FG-ARI and the swap test: auto (where masks exist) | on | off
         log_every=50, eval_every=500, eval_batches=4, eval_batch_size=8,
         checkpoint_every=500, keep=2, progress=True))
+    # Between the stages: every video's latents (WORKDIR/hdr_latents/), window by window.
+    c.hdr.encode = ml_collections.ConfigDict(dict(batch_size=16, window=8,
+                                                  videos_per_shard=250))
     return c
 
 

@@ -131,8 +131,12 @@ def _prefetch(fn, indices: range, depth: int = 8) -> Iterator[Any]:
 
 
 def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
-               vqvae_step: int) -> dict:
-    """What a split's codes are a function of; a resumed encode must match it exactly."""
+               vqvae_step: int, *, fmt: str = codes_lib.FORMAT, stage: str = "vqvae",
+               model: dict | None = None, videos_per_shard: int | None = None) -> dict:
+    """What a split's codes are a function of; a resumed encode must match it exactly.
+
+    `stage` names the stage-1 model (its checkpoint step and config are recorded as
+    `<stage>_step` / `<stage>_model`; `model` defaults to LVT's vqvae.model)."""
     d = config.data
     data = {"name": d.name, "image_size": int(d.image_size)}
     if d.name == "synthetic_pushing":
@@ -141,11 +145,12 @@ def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
         k = d.kinetics
         data["kinetics"] = {"fps": None if k.fps is None else float(k.fps),
                             "min_frames": int(k.min_frames), "test_split": str(k.test_split)}
-    vps = int(config.encode.videos_per_shard)
-    return {"format": codes_lib.FORMAT, "split": split, "num_videos": int(num_videos),
+    vps = int(config.encode.videos_per_shard if videos_per_shard is None else videos_per_shard)
+    return {"format": fmt, "split": split, "num_videos": int(num_videos),
             "video_shape": [int(n) for n in video_shape], "videos_per_shard": vps,
             "num_shards": len(codes_lib.shard_ranges(num_videos, vps)),
-            "vqvae_step": int(vqvae_step), "vqvae_model": config.vqvae.model.to_dict(),
+            f"{stage}_step": int(vqvae_step),
+            f"{stage}_model": config.vqvae.model.to_dict() if model is None else model,
             "data": data}
 
 
@@ -156,9 +161,10 @@ def _check_spec(directory: str, spec: dict) -> None:
         codes_lib.write_json(path, spec)
     elif old != spec:
         diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+        steps = [f"{k}: {old.get(k)} -> {spec[k]}" for k in diff if k.endswith("_step")]
         raise ValueError(
-            f"{directory} holds codes made from different inputs (differing: {diff}; e.g. a "
-            f"newer stage-1 checkpoint: {old.get('vqvae_step')} -> {spec['vqvae_step']}). "
+            f"{directory} holds codes made from different inputs (differing: {diff}"
+            f"{'; a newer stage-1 checkpoint, ' + ', '.join(steps) if steps else ''}). "
             "Delete that directory to re-encode, or point --workdir elsewhere.")
 
 
@@ -168,10 +174,14 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def encode_split(encoder: FrameEncoder, videos: Any, directory: str, spec: dict, *,
-                 codebook_size: int, process_index: int | None = None,
-                 process_count: int | None = None) -> dict:
+def encode_split(encoder: Any, videos: Any, directory: str, spec: dict, *,
+                 codebook_size: int | None = None, extra_meta: dict | None = None,
+                 process_index: int | None = None, process_count: int | None = None) -> dict:
     """Encodes this process's missing shards of one split; process 0 then writes metadata.
+
+    `encoder.encode_videos(videos) -> per-video arrays` (FrameEncoder: LVT's codes; HDR's
+    latent encoder likewise), with `encoder.code_shape` (one frame's) and optionally
+    `encoder.dtype` (default int16 codes). `extra_meta` goes into metadata.json.
 
     Returns {'encoded': [shard ids done now], 'skipped': [shard ids already on disk]}.
     """
@@ -182,6 +192,7 @@ def encode_split(encoder: FrameEncoder, videos: Any, directory: str, spec: dict,
     ranges = codes_lib.shard_ranges(spec["num_videos"], spec["videos_per_shard"])
     names = [codes_lib.shard_name(s, len(ranges)) for s in range(len(ranges))]
     done: dict = {"encoded": [], "skipped": []}
+    dtype = np.dtype(getattr(encoder, "dtype", codes_lib.CODE_DTYPE))
     if codes_lib.read_json(os.path.join(directory, "metadata.json")) is not None and all(
             os.path.exists(os.path.join(directory, n)) for n in names):
         done["skipped"] = list(range(pid, len(ranges), count))
@@ -195,7 +206,7 @@ def encode_split(encoder: FrameEncoder, videos: Any, directory: str, spec: dict,
         t0 = time.perf_counter()
         start, stop = ranges[s]
         codes = encoder.encode_videos(_prefetch(videos.__getitem__, range(start, stop)))
-        codes_lib.write_shard(path, codes)
+        codes_lib.write_shard(path, codes, dtype)
         done["encoded"].append(s)
         log.info("encode: %s shard %d/%d (%d videos) in %.1fs", spec["split"], s + 1,
                  len(ranges), stop - start, time.perf_counter() - t0)
@@ -218,8 +229,9 @@ def encode_split(encoder: FrameEncoder, videos: Any, directory: str, spec: dict,
             extra["labels"] = codes_lib.LABELS_FILE
         codes_lib.write_json(os.path.join(directory, "metadata.json"), dict(
             spec, shards=names, frame_shape=list(encoder.code_shape),
-            min_frames=int(np.min(counts)), max_frames=int(np.max(counts)), dtype="int16",
-            codebook_size=int(codebook_size), **extra))
+            min_frames=int(np.min(counts)), max_frames=int(np.max(counts)), dtype=dtype.name,
+            **({} if codebook_size is None else {"codebook_size": int(codebook_size)}),
+            **(extra_meta or {}), **extra))
     _barrier(f"lvt_jax.encode.{spec['split']}.metadata")
     return done
 

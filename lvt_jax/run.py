@@ -9,6 +9,22 @@ from lvt_jax import sharding as shd
 log = logging.getLogger(__name__)
 
 
+def _system(config: Any) -> str:
+    system = str(config.get("system", "lvt"))
+    if system not in PIPELINES:
+        raise ValueError(f"system={system!r}: choose one of {sorted(PIPELINES)} (configs/"
+                         "hdr_*.py select 'hdr', the others 'lvt').")
+    return system
+
+
+def _require_system(config: Any, system: str, mode: str) -> None:
+    if _system(config) != system:
+        raise ValueError(f"--mode={mode} trains a stage of {system.upper()}, but the config "
+                         f"selects system={_system(config)!r}; use a configs/"
+                         f"{'hdr_*' if system == 'hdr' else 'bair|demo|kinetics600'}.py config "
+                         f"(modes of this system: {', '.join(PIPELINES[_system(config)])}).")
+
+
 def _need_workdir(workdir: str | None, mode: str) -> str:
     if not workdir:
         raise ValueError(f"--mode={mode} writes checkpoints and results: pass --workdir=DIR.")
@@ -19,6 +35,7 @@ def train_vqvae(config: Any, workdir: str | None) -> dict:
     from lvt_jax import trainer, validate
     from lvt_jax.stages.vqvae import VQVAEStage
     workdir = _need_workdir(workdir, "train_vqvae")
+    _require_system(config, "lvt", "train_vqvae")
     mesh = shd.make_mesh(config.mesh)
     validate.vqvae(config, mesh)
     _, results = trainer.train(VQVAEStage(config), workdir, mesh)
@@ -27,18 +44,37 @@ def train_vqvae(config: Any, workdir: str | None) -> dict:
 
 
 def encode(config: Any, workdir: str | None) -> dict:
-    """Stage-1 codes of every video (WORKDIR/codes/{train,test}); resumes if interrupted."""
+    """Stage-1 outputs of every video, for stage 2 (LVT: WORKDIR/codes/, HDR:
+    WORKDIR/hdr_latents/, {train,test}); resumes if interrupted."""
+    workdir = _need_workdir(workdir, "encode")
+    if _system(config) == "hdr":
+        from lvt_jax import hdr_latents, validate_hdr
+        validate_hdr.autoencoder(config, shd.make_mesh(config.mesh))
+        return hdr_latents.run(config, workdir)
     from lvt_jax import encode as encode_lib
     from lvt_jax import validate
-    workdir = _need_workdir(workdir, "encode")
     validate.encode(config)
     return encode_lib.run(config, workdir)
+
+
+def train_hdr_autoencoder(config: Any, workdir: str | None) -> dict:
+    """HDR stage 1: the hierarchical disentangled autoencoder -> WORKDIR/hdr_autoencoder/."""
+    from lvt_jax import trainer, validate_hdr
+    from lvt_jax.stages.hdr_autoencoder import HDRAutoencoderStage
+    workdir = _need_workdir(workdir, "train_hdr_autoencoder")
+    _require_system(config, "hdr", "train_hdr_autoencoder")
+    mesh = shd.make_mesh(config.mesh)
+    validate_hdr.autoencoder(config, mesh)
+    _, results = trainer.train(HDRAutoencoderStage(config), workdir, mesh)
+    log.info("hdr_autoencoder eval: %s", results)
+    return results
 
 
 def train_transformer(config: Any, workdir: str | None) -> dict:
     from lvt_jax import trainer, validate
     from lvt_jax.stages.transformer import TransformerStage
     workdir = _need_workdir(workdir, "train_transformer")
+    _require_system(config, "lvt", "train_transformer")
     mesh = shd.make_mesh(config.mesh)
     validate.transformer(config, mesh)
     _, results = trainer.train(TransformerStage(config, workdir), workdir, mesh,
@@ -88,13 +124,17 @@ def summary(config: Any, workdir: str | None) -> dict:
     return summary_lib.run(config)
 
 
-# Stages built so far, in the order --mode=all runs them.
-PIPELINE: tuple[str, ...] = ("train_vqvae", "encode", "train_transformer", "sample", "evaluate")
+# Each system's stages, in the order --mode=all runs them.
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "lvt": ("train_vqvae", "encode", "train_transformer", "sample", "evaluate"),
+    "hdr": ("train_hdr_autoencoder", "encode"),
+}
 
 MODES: dict[str, Callable[[Any, str | None], Any]] = {
     "train_vqvae": train_vqvae,
     "encode": encode,
     "train_transformer": train_transformer,
+    "train_hdr_autoencoder": train_hdr_autoencoder,
     "sample": sample,
     "evaluate": evaluate,
     "summary": summary,
@@ -103,9 +143,14 @@ MODES: dict[str, Callable[[Any, str | None], Any]] = {
 
 def run(config: Any, workdir: str | None, mode: str) -> None:
     if mode == "all":
-        from lvt_jax import validate
-        validate.pipeline(config, shd.make_mesh(config.mesh))  # all stages, before stage 1
-        for m in PIPELINE:
+        system = _system(config)
+        if system == "hdr":
+            from lvt_jax import validate_hdr
+            validate_hdr.pipeline(config, shd.make_mesh(config.mesh))
+        else:
+            from lvt_jax import validate
+            validate.pipeline(config, shd.make_mesh(config.mesh))  # all stages, before stage 1
+        for m in PIPELINES[system]:
             if m == "evaluate" and not config.eval.in_pipeline:
                 log.warning("--mode=all: evaluation skipped (eval.in_pipeline=False); run "
                             "--mode=evaluate on a model with 16-frame clips.")

@@ -50,9 +50,28 @@ def format_table(title: str, rows: list[tuple[str, tuple, int]], counts: dict) -
     return "\n".join(lines)
 
 
+def hdr_autoencoder_counts(config: Any) -> tuple[dict, list[tuple[str, tuple, int]]]:
+    """HDR stage-1 counts per part (encoder, slot attention, ..., total), from shapes."""
+    from lvt_jax.stages.hdr_autoencoder import HDRAutoencoderStage
+    stage = HDRAutoencoderStage(config)
+    abstract = nn.unbox(jax.eval_shape(stage.init, jax.random.key_data(jax.random.key(0))))
+    params = abstract.params
+    counts = {k: _count(v) for k, v in params.items()}
+    counts["total"] = _count(params)
+    rows = [("/".join(k), tuple(v.shape), int(np.prod(v.shape)))
+            for k, v in traverse_util.flatten_dict(params).items()]
+    return counts, rows
+
+
 def run(config: Any) -> dict:
     """Prints the tables; the last stdout line is one JSON object of counts per stage."""
     out = {}
+    if str(config.get("system", "lvt")) == "hdr":
+        counts, rows = hdr_autoencoder_counts(config)
+        print(format_table("hdr_autoencoder (HDR stage 1)", rows, counts))
+        out["hdr_autoencoder"] = counts
+        print(json.dumps(out), flush=True)
+        return out
     counts, rows = vqvae_counts(config)
     print(format_table("vqvae (stage 1)", rows, counts))
     out["vqvae"] = counts

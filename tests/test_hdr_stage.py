@@ -62,3 +62,47 @@ def test_resume_equals_uninterrupted_and_eval_outputs(tiny_data_dir, tmp_path):
     assert 5.0 < ev["psnr"] < 60.0 and ev["kl_static_nats"] > 0 and ev["kl_dynamic_nats"] > 0
     assert -1.0 <= ev["fg_ari"] <= 1.0 and 0.0 <= ev["swap_score"] <= 1.0
     assert os.path.exists(stage_dir / "decomposition.png")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("hdr.model.num_objects", 0, r"num_objects=0.*at least one object slot"),
+    ("hdr.autoencoder.train.clip_length", 1, r"clip_length=1: a clip needs at least 2 frames"),
+    ("hdr.autoencoder.train.eval_clip_length", 1, r"eval_clip_length=1"),
+    ("hdr.autoencoder.train.mask_metrics", "on", None),   # fine: the demo data has masks
+])
+def test_bad_settings_fail_before_training(tmp_path, monkeypatch, field, value, match):
+    from lvt_jax import run
+
+    def reached(*a, **k):
+        raise RuntimeError("training started")
+    monkeypatch.setattr(trainer, "train", reached)
+    cfg = hdr_tiny(tmp_path)
+    node = cfg
+    *path, last = field.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+    if match is None:
+        with pytest.raises(RuntimeError, match="training started"):
+            run.run(cfg, str(tmp_path / "w"), "train_hdr_autoencoder")
+    else:
+        with pytest.raises(ValueError, match=match):
+            run.run(cfg, str(tmp_path / "w"), "train_hdr_autoencoder")
+
+
+def test_mask_metrics_on_a_dataset_without_masks_is_refused(tmp_path, monkeypatch):
+    from lvt_jax import run
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("training started"))
+    cfg = hdr_demo.get_config("tiny")
+    cfg.data.name = "bair"
+    cfg.hdr.autoencoder.train.mask_metrics = "on"
+    with pytest.raises(ValueError, match=r"data.name='bair' has none.*mask_metrics=auto"):
+        run.run(cfg, str(tmp_path), "train_hdr_autoencoder")
+
+
+def test_unknown_variant_and_wrong_system(tmp_path):
+    from lvt_jax import run
+    with pytest.raises(ValueError, match=r"unknown variant.*known: tiny"):
+        hdr_demo.get_config("huge")
+    with pytest.raises(ValueError, match=r"--mode=train_vqvae trains a stage of LVT"):
+        run.run(hdr_tiny(tmp_path), str(tmp_path), "train_vqvae")

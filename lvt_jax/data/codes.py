@@ -1,4 +1,8 @@
-"""The code dataset between the stages: every video as int16 VQ-VAE codes, on disk.
+"""The dataset between the stages: every video as per-frame stage-1 outputs, on disk.
+
+LVT stores int16 VQ-VAE codes (T, h, w, nc) in WORKDIR/codes/; HDR stores float32
+latents (T, 1, 1, F) in WORKDIR/hdr_latents/ (format LATENTS_FORMAT, the layout of the F
+numbers in metadata.json). Both use the same shards, records and restart rules.
 
 Layout of one split, WORKDIR/codes/<split>/ (written by `lvt_jax.encode`):
 
@@ -31,9 +35,11 @@ from typing import Any, Sequence
 import numpy as np
 
 FORMAT = "lvt_jax.codes/v1"
+LATENTS_FORMAT = "lvt_jax.hdr_latents/v1"
+FORMATS = {FORMAT: np.dtype("<i2"), LATENTS_FORMAT: np.dtype("<f4")}  # format -> record dtype
 LABELS_FILE = "labels.npy"
 HEADER_DTYPE = np.dtype("<i4")
-CODE_DTYPE = np.dtype("<i2")
+CODE_DTYPE = FORMATS[FORMAT]
 _HEADER_BYTES = 4 * HEADER_DTYPE.itemsize
 
 
@@ -54,36 +60,40 @@ def shard_ranges(num_videos: int, videos_per_shard: int) -> list[tuple[int, int]
             for s in range(0, num_videos, videos_per_shard)]
 
 
-def serialize(codes: np.ndarray) -> bytes:
-    """int codes (T, h, w, nc) -> one record (shape header + int16 data)."""
+def serialize(codes: np.ndarray, dtype: np.dtype = CODE_DTYPE) -> bytes:
+    """Codes (T, h, w, nc) -> one record (shape header + data as `dtype`: int16 codes, or
+    float32 latents)."""
     codes = np.asarray(codes)
     if codes.ndim != 4:
         raise ValueError(f"a record holds codes of shape (T, h, w, nc), got {codes.shape}.")
-    if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(CODE_DTYPE).max):
+    if np.dtype(dtype).kind == "f":
+        if not np.all(np.isfinite(codes)):
+            raise ValueError("latents to store are not finite; the stage-1 model diverged.")
+    elif codes.size and (codes.min() < 0 or codes.max() > np.iinfo(CODE_DTYPE).max):
         raise ValueError(f"codes must lie in [0, {np.iinfo(CODE_DTYPE).max}] to be stored as "
                          f"int16, got [{codes.min()}, {codes.max()}].")
     header = np.asarray(codes.shape, HEADER_DTYPE).tobytes()
-    return header + np.ascontiguousarray(codes, CODE_DTYPE).tobytes()
+    return header + np.ascontiguousarray(codes, dtype).tobytes()
 
 
-def deserialize(record: bytes) -> np.ndarray:
-    """One record -> int16 codes (T, h, w, nc) (read-only view of the bytes)."""
+def deserialize(record: bytes, dtype: np.dtype = CODE_DTYPE) -> np.ndarray:
+    """One record -> codes (T, h, w, nc) as `dtype` (read-only view of the bytes)."""
     shape = tuple(int(n) for n in np.frombuffer(record[:_HEADER_BYTES], HEADER_DTYPE))
-    out = np.frombuffer(record, CODE_DTYPE, offset=_HEADER_BYTES)
+    out = np.frombuffer(record, dtype, offset=_HEADER_BYTES)
     if out.size != int(np.prod(shape)):
         raise ValueError(f"corrupt code record: header says {shape} but it holds {out.size} "
                          "codes; delete the split's directory and rerun --mode=encode.")
     return out.reshape(shape)
 
 
-def write_shard(path: str, videos: Sequence[np.ndarray]) -> None:
+def write_shard(path: str, videos: Sequence[np.ndarray], dtype: np.dtype = CODE_DTYPE) -> None:
     """Writes one shard atomically: a temporary file, renamed once complete."""
     from array_record.python import array_record_module
     tmp = f"{path}.tmp-{os.getpid()}"
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     try:
         for codes in videos:
-            writer.write(serialize(codes))
+            writer.write(serialize(codes, dtype))
     finally:
         writer.close()
     os.replace(tmp, path)
@@ -118,17 +128,19 @@ class CodeSource:
     Picklable (grain worker processes reopen the files lazily).
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, formats: Sequence[str] = (FORMAT,)):
         self.directory = directory
         meta = read_json(os.path.join(directory, "metadata.json"))
         if meta is None:
             raise FileNotFoundError(
                 f"no complete code dataset in {directory} (metadata.json is missing); run "
                 "--mode=encode with the same --workdir first (it resumes if interrupted).")
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{directory} holds codes in format {meta.get('format')!r}, "
-                             f"expected {FORMAT!r}; delete it and rerun --mode=encode.")
+        if meta.get("format") not in formats:
+            raise ValueError(f"{directory} holds data in format {meta.get('format')!r}, "
+                             f"expected {' or '.join(map(repr, formats))}; delete it and "
+                             "rerun --mode=encode.")
         self.metadata = meta
+        self.dtype = FORMATS[meta["format"]]
         self._paths = [os.path.join(directory, f) for f in meta["shards"]]
         missing = [p for p in self._paths if not os.path.exists(p)]
         if missing:
@@ -167,7 +179,7 @@ class CodeSource:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"video index {index} out of range [0, {len(self)}).")
-        return deserialize(self._open()[index])
+        return deserialize(self._open()[index], self.dtype)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -192,6 +204,7 @@ class CodeClipTransform:
     clip_length: int
     random_start: bool
     with_labels: bool = False  # also {'label': int32}: the video's class id
+    key: str = "codes"         # the batch key of the window
 
     def __call__(self, source: Any, index: int, rng: np.random.Generator) -> dict:
         codes = source[int(index)]
@@ -200,7 +213,7 @@ class CodeClipTransform:
             raise ValueError(f"clip_length {self.clip_length} is longer than video {index} "
                              f"({length} frames of codes); lower data.clip_length.")
         start = int(rng.integers(0, length - self.clip_length + 1)) if self.random_start else 0
-        out = {"codes": np.asarray(codes[start:start + self.clip_length])}
+        out = {self.key: np.asarray(codes[start:start + self.clip_length])}
         if self.with_labels:
             out["label"] = np.int32(source.labels[int(index)])
         return out
@@ -208,7 +221,8 @@ class CodeClipTransform:
 
 def make_code_iterator(directory: str, clip_length: int, global_batch: int,
                        sharding: Any, *, seed: int, train: bool, data_cfg: Any = None,
-                       num_classes: int = 0):
+                       num_classes: int = 0, key: str = "codes",
+                       formats: Sequence[str] = (FORMAT,)):
     """Batches {'codes': int16 [B, clip_length, h, w, nc]} (+ 'mask' [B] in eval).
 
     Train: shuffled videos, a random window each, forever. Eval: every video once, its
@@ -217,7 +231,7 @@ def make_code_iterator(directory: str, clip_length: int, global_batch: int,
     [0, num_classes) before any batch is made.
     """
     from lvt_jax.data import pipeline
-    source = CodeSource(directory)
+    source = CodeSource(directory, formats)
     if num_classes > 0:
         if source.labels is None:
             raise ValueError(f"transformer.model.num_classes={num_classes} but the codes in "
@@ -239,7 +253,7 @@ def make_code_iterator(directory: str, clip_length: int, global_batch: int,
         lambda k, d: data_cfg.get(k, d) if data_cfg.get(k, d) is not None else d)
     return pipeline.make_array_iterator(
         source, CodeClipTransform(int(clip_length), random_start=bool(train),
-                                  with_labels=num_classes > 0), len(source),
+                                  with_labels=num_classes > 0, key=key), len(source),
         global_batch, sharding, seed=seed, train=train,
         worker_count=int(get("worker_count", 0)), prefetch=int(get("prefetch", 2)),
         read_threads=int(get("read_threads", 2)))

@@ -25,7 +25,7 @@ import optax
 
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
-from lvt_jax.data.pipeline import DATASETS_WITH_INSTANCE_MASKS, INSTANCE_MASK
+from lvt_jax.data.pipeline import INSTANCE_MASK
 from lvt_jax.eval import ari, swap
 from lvt_jax.models.hdr.autoencoder import HDRAutoencoder
 from lvt_jax.stages.base import Stage
@@ -63,7 +63,8 @@ class HDRAutoencoderStage(Stage):
         self.clip_length = int(t.clip_length)
         self.eval_clip_length = int(t.get("eval_clip_length", 0) or d.clip_length)
         self.num_slots = int(config.hdr.model.num_objects) + 1
-        self.has_masks = d.name in DATASETS_WITH_INSTANCE_MASKS and bool(t.get("mask_metrics", True))
+        from lvt_jax.validate_hdr import mask_metrics
+        self.has_masks = mask_metrics(config)
         self.num_mask_ids = int(config.hdr.autoencoder.get("num_mask_ids", 5))
 
     @property

@@ -47,7 +47,7 @@ class HDRAutoencoder(nn.Module):
         self.num_slots = int(c.num_objects) + 1
         self.encoder = FrameEncoder(tuple(c.enc_channels), int(c.slot_dim))
         self.slot_attention = SlotAttention(int(c.slot_dim), int(c.mlp_dim))
-        self.predictor = SlotPredictor(int(c.slot_dim), int(c.mlp_dim))
+        self.slot_predictor = SlotPredictor(int(c.slot_dim), int(c.mlp_dim))
         self.init_slots = self.param(
             "init_slots", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                        ("slot", "embed")),
@@ -59,13 +59,16 @@ class HDRAutoencoder(nn.Module):
         self.background_decoder = BackgroundDecoder(int(c.dec_channels))
 
     # --- inference -------------------------------------------------------------------
-    def encode(self, video: jax.Array, init_slots: jax.Array | None = None) -> dict:
+    def encode(self, video: jax.Array, init_slots: jax.Array | None = None,
+               continued: bool = False) -> dict:
         """Per-frame posterior statistics of a clip (nothing pooled yet).
 
         Returns slots [B,T,S,D], attn [B,T,S,N], dyn_mu / dyn_logvar [B,T,S,Dd],
         obj_mu / obj_logvar [B,T,K,Ds] (per-frame static estimates), bg_mu / bg_logvar
         [B,T,h,w,Cb] and bg_weight [B,T,h,w,1] (how much the background slot sees there).
-        `init_slots` [B, S, D] replaces the learned initial slots (tests, analysis).
+        `init_slots` [B, S, D] replaces the learned initial slots (tests, analysis); with
+        `continued`, they are the last slots of the previous frames (a long video encoded
+        window by window), and the clip's first frame is treated as a later frame.
         """
         c = self.config
         chex.assert_rank(video, 5)
@@ -78,10 +81,11 @@ class HDRAutoencoder(nn.Module):
         chex.assert_shape(slots, (B, self.num_slots, int(c.slot_dim)))
         all_slots, all_attn = [], []
         for t in range(T):  # the recurrence: frame t starts from frame t-1's slots
-            if t > 0:
-                slots = self.predictor(slots)
+            first = t == 0 and not continued
+            if not first:
+                slots = self.slot_predictor(slots)
             slots, attn = self.slot_attention(
-                slots, feats[:, t], int(c.iters_first if t == 0 else c.iters))
+                slots, feats[:, t], int(c.iters_first if first else c.iters))
             all_slots.append(slots)
             all_attn.append(attn)
         slots, attn = jnp.stack(all_slots, 1), jnp.stack(all_attn, 1)
