@@ -45,6 +45,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("slot", None),      # the slots' learned initial states
     ("pos", None),       # coordinate inputs of position embeddings
     ("latent", None),    # latent vectors / maps (small)
+    ("frames", None),    # the predictor's learned position embedding over frames
 )
 
 
