@@ -26,3 +26,9 @@ def shrink_hdr(c) -> None:
                                    num_steps=4, warmup_steps=2, log_every=2, eval_every=0,
                                    checkpoint_every=2, eval_batch_size=8, eval_batches=1,
                                    progress=False)
+    from lvt_jax.models.hdr.predictor import default_predictor_config
+    c.hdr.predictor.model = default_predictor_config("tiny")
+    c.hdr.predictor.train.update(batch_size=8, num_steps=4, warmup_steps=2, log_every=2,
+                                 checkpoint_every=2, eval_batch_size=8, eval_batches=1,
+                                 progress=False)
+    c.hdr.encode.update(batch_size=8, window=4, videos_per_shard=4)

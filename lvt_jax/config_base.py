@@ -125,6 +125,7 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         dynamic_dim=8,             # time-varying latent per slot per frame (first 2: position)
         bg_channels=8,             # background's static map: bg_channels x H/4 x W/4
         dec_channels=32,
+        bg_decoder="smooth",       # 'smooth' (low-pass, behind the objects) | 'conv'
         logvar_min=-10.0, logvar_max=4.0))
     c.hdr.autoencoder = ml_collections.ConfigDict()
     c.hdr.autoencoder.num_mask_ids = 5    # instance ids in the masks: table, gripper, 3 objects
@@ -135,12 +136,24 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         grad_clip=1.0,
         # KL weights per pixel value of the clip (see stages/hdr_autoencoder.py)
         kl_static=0.01, kl_dynamic=0.01,
+        kl_warmup_steps=0,             # KL weights ramp up linearly from 0 over these steps
         mask_metrics="auto",           # FG-ARI and the swap test: auto (where masks exist) | on | off
         log_every=50, eval_every=500, eval_batches=4, eval_batch_size=8,
         checkpoint_every=500, keep=2, progress=True))
     # Between the stages: every video's latents (WORKDIR/hdr_latents/), window by window.
     c.hdr.encode = ml_collections.ConfigDict(dict(batch_size=16, window=8,
                                                   videos_per_shard=250))
+    # Stage 2: the latent predictor on windows of data.clip_length frames of latents.
+    from lvt_jax.models.hdr.predictor import default_predictor_config
+    c.hdr.predictor = ml_collections.ConfigDict()
+    c.hdr.predictor.model = default_predictor_config()
+    c.hdr.predictor.train = ml_collections.ConfigDict(dict(
+        batch_size=32, num_steps=2000, learning_rate=3e-4, warmup_steps=100,
+        final_lr_fraction=0.05, grad_clip=1.0,
+        kl_weight=1.0,             # beta on KL(q || p) (1: the ELBO)
+        n_prime=1,                 # conditioning frames; later frames are predicted
+        log_every=50, eval_every=0, eval_batches=config_dict.placeholder(int),
+        eval_batch_size=32, checkpoint_every=500, keep=2, progress=True))
     return c
 
 

@@ -82,7 +82,7 @@ class HDRAutoencoderStage(Stage):
         chex.assert_shape(video, (None, length, *self.image_shape))
         return M.to_model_input(video)
 
-    def loss(self, params, video: jax.Array, rng: jax.Array):
+    def loss(self, params, video: jax.Array, rng: jax.Array, kl_scale: jax.Array = 1.0):
         B, T = video.shape[:2]
         r_len, r_z = jax.random.split(rng)
         length = jax.random.randint(r_len, (B,), 1, T + 1)
@@ -91,7 +91,7 @@ class HDRAutoencoderStage(Stage):
         mse = jnp.mean((recon - video) ** 2)
         values = float(np.prod(video.shape[1:]))
         kl = (float(t.kl_static) * aux["kl_static"] + float(t.kl_dynamic) * aux["kl_dynamic"])
-        loss = mse + jnp.mean(kl) / values
+        loss = mse + kl_scale * jnp.mean(kl) / values
         psnr = jnp.mean(M.psnr(M.to_unit(recon).reshape(B * T, *self.image_shape),
                                M.to_unit(video).reshape(B * T, *self.image_shape)))
         return loss, {"loss": loss, "recon_mse": mse, "psnr": psnr,
@@ -101,8 +101,11 @@ class HDRAutoencoderStage(Stage):
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         video = self._video(batch, self.clip_length)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        warmup = int(self.train_cfg.get("kl_warmup_steps", 0))
+        kl_scale = (jnp.minimum(1.0, (state.step + 1) / warmup) if warmup > 0
+                    else jnp.float32(1.0))
         (_, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            state.params, video, rng)
+            state.params, video, rng, kl_scale)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -56,7 +56,8 @@ class HDRAutoencoder(nn.Module):
         self.static_head = MLP(int(c.mlp_dim), 2 * int(c.static_dim))
         self.bg_head = dense(2 * int(c.bg_channels), axes=("embed", "latent"))
         self.object_decoder = ObjectDecoder(int(c.dec_channels))
-        self.background_decoder = BackgroundDecoder(int(c.dec_channels))
+        self.background_decoder = BackgroundDecoder(int(c.dec_channels),
+                                                    str(c.get("bg_decoder", "smooth")))
 
     # --- inference -------------------------------------------------------------------
     def encode(self, video: jax.Array, init_slots: jax.Array | None = None,

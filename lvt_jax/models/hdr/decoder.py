@@ -49,14 +49,29 @@ class ObjectDecoder(nn.Module):
 
 
 class BackgroundDecoder(nn.Module):
-    """(static map [N, h, w, Cb], time-varying latent [N, Dd]) -> (rgb, alpha logit)."""
+    """(static map [N, h, w, Cb], time-varying latent [N, Dd]) -> (rgb, alpha logit).
+
+    kind 'smooth' (default): per-cell 1x1 layers, then bilinear upsampling to full size: a
+    low-pass layer that renders a table texture well (the demo's tables: 36 dB from a
+    4x-downsampled copy) but renders objects only as blurs, so sharp things are cheaper
+    to explain with object slots; its alpha logit is 0 everywhere (the layer behind the
+    objects). kind 'conv': 3x3 convolutions and transposed convolutions, and a predicted
+    alpha (more capacity; it tends to absorb the objects).
+    """
     channels: int = 32
+    kind: str = "smooth"
 
     @nn.compact
     def __call__(self, bg_map: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
         chex.assert_rank([bg_map, z], [4, 2])
         zz = dense(bg_map.shape[-1], "latent", axes=("latent", "embed"))(z)
         h = jnp.concatenate([bg_map, jnp.broadcast_to(zz[:, None, None, :], bg_map.shape)], -1)
+        if self.kind == "smooth":
+            h = nn.relu(dense(self.channels, "fc1", axes=("latent", "embed"))(h))
+            rgb = dense(3, "fc2", axes=("embed", "latent"))(h)
+            n, gh, gw, _ = rgb.shape
+            rgb = jax.image.resize(rgb, (n, 4 * gh, 4 * gw, 3), "bilinear")
+            return rgb, jnp.zeros(rgb.shape[:-1], rgb.dtype)
         h = nn.relu(Conv(self.channels, 3, padding=1, name="conv1")(h))
         h = nn.relu(Conv(self.channels, 3, padding=1, name="conv2")(h))
         out = _upsample_to_rgba(h, self.channels)
