@@ -70,15 +70,28 @@ def check_config(config: Any) -> None:
                          "as the published FVDs) or 'default'.")
 
 
-def check_checkpoints(workdir: str) -> None:
-    """Both stages must have a checkpoint: say which mode produces the missing one."""
-    for stage, mode in (("vqvae", "train_vqvae"), ("transformer", "train_transformer")):
+# The stages (checkpoint folders) of each system and the modes that train them.
+SYSTEM_STAGES = {"lvt": (("vqvae", "train_vqvae"), ("transformer", "train_transformer")),
+                 "hdr": (("hdr_autoencoder", "train_hdr_autoencoder"),
+                         ("hdr_predictor", "train_hdr_predictor"))}
+
+
+def check_checkpoints(workdir: str, system: str = "lvt") -> None:
+    """Both stages must have a checkpoint: say which mode produces the missing one, and
+    when the workdir holds the other system's stages instead, say so."""
+    other = {"lvt": "hdr", "hdr": "lvt"}[system]
+    for stage, mode in SYSTEM_STAGES[system]:
         d = os.path.join(workdir, stage, "checkpoints")
         steps = [n for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
         if not steps:
+            theirs = [s for s, _ in SYSTEM_STAGES[other]
+                      if os.path.isdir(os.path.join(workdir, s, "checkpoints"))]
+            hint = (f" {workdir} holds {other.upper()} stages ({', '.join(theirs)}): use that "
+                    f"system's config (configs/{'hdr_*' if other == 'hdr' else 'demo|bair|kinetics600'}.py)."
+                    if theirs else "")
             raise FileNotFoundError(
-                f"--mode=evaluate needs a trained '{stage}' stage but {d} holds no checkpoint; "
-                f"run --mode={mode} first (or point --workdir at a run that did).")
+                f"this mode needs a trained '{stage}' stage but {d} holds no checkpoint; "
+                f"run --mode={mode} first (or point --workdir at a run that did).{hint}")
 
 
 def load_clips(config: Any, split: str, count: int, num_frames: int) -> np.ndarray:
@@ -136,6 +149,28 @@ def _sample(generator: VideoGenerator, prime: np.ndarray, key: jax.Array,
     return out
 
 
+def stage2_metrics(config: Any, workdir: str, mesh) -> dict:
+    """Stage 2's test likelihood: LVT bits per code, HDR the ELBO in nats per frame."""
+    if str(config.get("system", "lvt")) != "hdr":
+        bpc, source = bits_per_code(config, workdir, mesh)
+        return {"bits_per_code": bpc, "bits_per_code_source": source}
+    path = os.path.join(workdir, "hdr_predictor", "eval.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if "elbo_nats_per_frame" in saved:
+            return {"elbo_nats_per_frame": float(saved["elbo_nats_per_frame"]),
+                    "elbo_source": f"hdr_predictor/eval.json (step {saved.get('step')})"}
+    from lvt_jax import trainer
+    from lvt_jax.stages.hdr_predictor import HDRPredictorStage
+    stage = HDRPredictorStage(config, workdir)
+    rules = shd.rules_from_config(config)
+    state, step = trainer.restore_state(stage, mesh, workdir, rules)
+    results = trainer.ShardedStage(stage, mesh, rules).evaluate(state)
+    return {"elbo_nats_per_frame": float(results["elbo_nats_per_frame"]),
+            "elbo_source": f"computed from the step-{step} checkpoint"}
+
+
 def bits_per_code(config: Any, workdir: str, mesh) -> tuple[float, str]:
     """Stage 2's test bits per code: written by training, else computed from its checkpoint."""
     path = os.path.join(workdir, "transformer", "eval.json")
@@ -184,11 +219,11 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
     min_frames = extractor.min_frames if extractor is not None else i3d.MIN_FRAMES
     if generator is None:
         _check_frames(int(config.data.clip_length), min_frames)
-        check_checkpoints(workdir)
+        check_checkpoints(workdir, str(config.get("system", "lvt")))
     mesh = shd.make_mesh(config.mesh)
     if generator is None:
-        from lvt_jax.generate import Generator
-        generator = Generator.from_workdir(config, workdir, mesh)
+        from lvt_jax import generate
+        generator = generate.from_workdir(config, workdir, mesh)
     n_prime, num_frames = int(generator.n_prime), int(generator.num_frames)
     _check_frames(num_frames, min_frames)
     if not 0 < n_prime < num_frames:
@@ -240,7 +275,7 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
         extra += 1
     quality = np.asarray(scores)  # [videos, samples, (psnr, ssim)]
 
-    bpc, bpc_source = bits_per_code(config, workdir, mesh)
+    likelihood = stage2_metrics(config, workdir, mesh)
     results = {
         "fvd_mean": float(np.mean(fvds)), "fvd_std": float(np.std(fvds)),
         "fvd_star_mean": float(np.mean(fvd_stars)), "fvd_star_std": float(np.std(fvd_stars)),
@@ -250,17 +285,18 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
         "psnr_best": float(quality[:, :, 0].max(1).mean()) if n_quality else float("nan"),
         "ssim_best": float(quality[:, :, 1].max(1).mean()) if n_quality else float("nan"),
         "best_of_n": n_best, "quality_videos": n_quality,
-        "bits_per_code": bpc, "bits_per_code_source": bpc_source,
+        **likelihood, "system": str(config.get("system", "lvt")),
         "num_videos": per_trial, "num_trials": trials, "num_distinct_videos": num_real,
         "n_prime": n_prime, "num_frames": num_frames, "split": split,
         "dataset": str(config.data.name), "features": extractor.signature,
         "seconds": time.perf_counter() - t_start,
     }
     log.info("evaluate: FVD %.2f +- %.2f, FVD* %.2f +- %.2f, PSNR %.2f (best-of-%d %.2f), "
-             "SSIM %.3f (best %.3f), %.3f bits per code", results["fvd_mean"],
+             "SSIM %.3f (best %.3f), %s", results["fvd_mean"],
              results["fvd_std"], results["fvd_star_mean"], results["fvd_star_std"],
              results["psnr"], n_best, results["psnr_best"], results["ssim"],
-             results["ssim_best"], bpc)
+             results["ssim_best"], ", ".join(f"{k} {v:.4g}" for k, v in likelihood.items()
+                                             if isinstance(v, float)))
     if jax.process_index() == 0:
         from lvt_jax import trainer
         from lvt_jax.eval import report

@@ -28,57 +28,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
 from lvt_jax.data import codes as codes_lib
+from lvt_jax.models.hdr.latents import frame_features, layout, num_features
 
 log = logging.getLogger(__name__)
 
-LATENTS_DIR = "hdr_latents"
 SPLITS = ("train", "test")
 
 
 def split_dir(workdir: str, split: str) -> str:
+    from lvt_jax.stages.hdr_predictor import LATENTS_DIR
     return os.path.join(workdir, LATENTS_DIR, split)
-
-
-def layout(model_cfg: Any) -> dict[str, list[int]]:
-    """The shapes of the parts of a frame's F numbers, in storage order."""
-    S, K = int(model_cfg.num_objects) + 1, int(model_cfg.num_objects)
-    return {"dynamic": [S, int(model_cfg.dynamic_dim)],
-            "static": [K, int(model_cfg.static_dim)],
-            "background": [int(model_cfg.bg_channels)]}
-
-
-def num_features(lay: dict) -> int:
-    return int(sum(np.prod(v) for v in lay.values()))
-
-
-def split_features(x: jax.Array, lay: dict) -> dict[str, jax.Array]:
-    """[..., F] -> {'dynamic': [..., S, Dd], 'static': [..., K, Ds], 'background': [..., Cb]}."""
-    out, start = {}, 0
-    for name, shape in lay.items():
-        n = int(np.prod(shape))
-        out[name] = x[..., start:start + n].reshape(x.shape[:-1] + tuple(shape))
-        start += n
-    return out
-
-
-def background_summary(enc: dict) -> jax.Array:
-    """[B, T, Cb]: the background's static map averaged over the pixels it sees."""
-    w = enc["bg_weight"]
-    return jnp.sum(w * enc["bg_mu"], (2, 3)) / (jnp.sum(w, (2, 3)) + 1e-6)
-
-
-def frame_features(enc: dict) -> jax.Array:
-    """The stage-1 encoder's per-frame outputs -> float32 [B, T, F] (storage layout)."""
-    B, T = enc["dyn_mu"].shape[:2]
-    return jnp.concatenate([enc["dyn_mu"].reshape(B, T, -1), enc["obj_mu"].reshape(B, T, -1),
-                            background_summary(enc)], -1)
-
-
-def conditioning(static: jax.Array, background: jax.Array) -> jax.Array:
-    """Stage 2's conditioning vector [B, K*Ds + Cb] from the priming frames' per-frame
-    static estimates [B, n, K, Ds] and background summaries [B, n, Cb] (their means)."""
-    B = static.shape[0]
-    return jnp.concatenate([static.mean(1).reshape(B, -1), background.mean(1)], -1)
 
 
 class VideoLatentEncoder:

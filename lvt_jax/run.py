@@ -83,6 +83,36 @@ def train_transformer(config: Any, workdir: str | None) -> dict:
     return results
 
 
+def train_hdr_predictor(config: Any, workdir: str | None) -> dict:
+    """HDR stage 2: the latent predictor on WORKDIR/hdr_latents/ -> WORKDIR/hdr_predictor/."""
+    from lvt_jax import trainer, validate_hdr
+    from lvt_jax.stages.hdr_predictor import HDRPredictorStage
+    workdir = _need_workdir(workdir, "train_hdr_predictor")
+    _require_system(config, "hdr", "train_hdr_predictor")
+    mesh = shd.make_mesh(config.mesh)
+    validate_hdr.predictor(config, mesh)
+    _, results = trainer.train(HDRPredictorStage(config, workdir), workdir, mesh,
+                               periodic=_hdr_fvd_hook(config, workdir, mesh))
+    log.info("hdr_predictor eval: %s", results)
+    return results
+
+
+def _hdr_fvd_hook(config: Any, workdir: str, mesh):
+    """The in-loop FVD of HDR stage 2 (eval.fvd_every > 0), or None."""
+    if int(config.eval.fvd_every) <= 0:
+        return None
+    from lvt_jax import trainer
+    from lvt_jax.eval import inloop
+    from lvt_jax.generate.hdr import HDRGenerator
+    from lvt_jax.stages.hdr_autoencoder import HDRAutoencoderStage
+
+    def make_generator(params):
+        ae, _ = trainer.restore_state(HDRAutoencoderStage(config), mesh, workdir)
+        return HDRGenerator(config, ae.params, params, mesh)
+
+    return inloop.FVDHook(config, workdir, mesh, make_generator)
+
+
 def _lvt_fvd_hook(config: Any, workdir: str, mesh):
     """The in-loop FVD of stage 2 (eval.fvd_every > 0), or None.
 
@@ -127,7 +157,7 @@ def summary(config: Any, workdir: str | None) -> dict:
 # Each system's stages, in the order --mode=all runs them.
 PIPELINES: dict[str, tuple[str, ...]] = {
     "lvt": ("train_vqvae", "encode", "train_transformer", "sample", "evaluate"),
-    "hdr": ("train_hdr_autoencoder", "encode"),
+    "hdr": ("train_hdr_autoencoder", "encode", "train_hdr_predictor", "sample", "evaluate"),
 }
 
 MODES: dict[str, Callable[[Any, str | None], Any]] = {
@@ -135,6 +165,7 @@ MODES: dict[str, Callable[[Any, str | None], Any]] = {
     "encode": encode,
     "train_transformer": train_transformer,
     "train_hdr_autoencoder": train_hdr_autoencoder,
+    "train_hdr_predictor": train_hdr_predictor,
     "sample": sample,
     "evaluate": evaluate,
     "summary": summary,

@@ -6,31 +6,7 @@ from typing import Any
 from jax.sharding import Mesh
 
 from lvt_jax import sharding as shd
-
-MASK_METRICS = ("auto", "on", "off")
-
-
-def mask_metrics(config: Any) -> bool:
-    """Whether HDR stage 1 computes FG-ARI and the swap test (they need instance masks).
-
-    'auto' (default): where the dataset has masks; 'on': required (an error without
-    masks); 'off': never."""
-    from lvt_jax.data.pipeline import DATASETS_WITH_INSTANCE_MASKS
-    t = config.hdr.autoencoder.train
-    mode = str(t.get("mask_metrics", "auto")).lower()
-    mode = {"true": "on", "false": "off"}.get(mode, mode)
-    if mode not in MASK_METRICS:
-        raise ValueError(f"hdr.autoencoder.train.mask_metrics={t.mask_metrics!r}: choose one "
-                         f"of {MASK_METRICS}.")
-    has = config.data.name in DATASETS_WITH_INSTANCE_MASKS
-    if mode == "on" and not has:
-        raise ValueError(
-            f"hdr.autoencoder.train.mask_metrics='on' asks for FG-ARI and the swap test, "
-            f"which need ground-truth instance masks, but data.name={config.data.name!r} has "
-            f"none (datasets with masks: {', '.join(DATASETS_WITH_INSTANCE_MASKS)}); set "
-            "--config.hdr.autoencoder.train.mask_metrics=auto (or off).")
-    return has and mode != "off"
-
+from lvt_jax.stages.hdr_autoencoder import mask_metrics
 
 def model(config: Any) -> None:
     m, d = config.hdr.model, config.data
@@ -79,6 +55,57 @@ def autoencoder(config: Any, mesh: Mesh) -> None:
             raise ValueError(f"hdr.encode.{k}={e[k]} must be >= 1.")
 
 
+def predictor(config: Any, mesh: Mesh) -> None:
+    """HDR stage-2 settings against the mesh, stage 1 and the clips."""
+    model(config)
+    p, t, d = config.hdr.predictor.model, config.hdr.predictor.train, config.data
+    rules = shd.rules_from_config(config)
+    shd.check_batch_divides("hdr.predictor.train.batch_size", int(t.batch_size), mesh, rules)
+    shd.check_batch_divides("hdr.predictor.train.eval_batch_size",
+                            int(t.get("eval_batch_size", t.batch_size)), mesh, rules)
+    for k in ("num_steps", "log_every", "checkpoint_every", "keep"):
+        if int(t[k]) <= 0:
+            raise ValueError(f"hdr.predictor.train.{k}={t[k]} must be positive.")
+    T = int(d.clip_length)
+    if not 1 <= int(t.n_prime) < T:
+        raise ValueError(f"hdr.predictor.train.n_prime={t.n_prime} must lie in [1, {T}) "
+                         f"(conditioning frames of a data.clip_length={T}-frame clip).")
+    if T > int(p.max_frames):
+        raise ValueError(f"data.clip_length={T} exceeds hdr.predictor.model.max_frames="
+                         f"{p.max_frames}; raise max_frames to at least {T}.")
+    if T > int(d.frames_per_video):
+        raise ValueError(f"data.clip_length={T} is longer than the videos "
+                         f"(data.frames_per_video={d.frames_per_video}); lower it.")
+    if int(p.d_model) % int(p.num_heads):
+        raise ValueError(f"hdr.predictor.model.d_model={p.d_model} is not divisible by "
+                         f"num_heads={p.num_heads}; choose a multiple.")
+    if float(t.kl_weight) < 0:
+        raise ValueError(f"hdr.predictor.train.kl_weight={t.kl_weight} must be >= 0.")
+
+
+def sample(config: Any, mesh: Mesh) -> None:
+    """--mode=sample / --mode=evaluate settings of HDR (before anything is loaded)."""
+    from lvt_jax.sampling import make_controls
+    from lvt_jax.sampling.hdr import SAMPLERS
+    s = config.sample
+    if s.sampler not in SAMPLERS:
+        raise ValueError(f"sample.sampler={s.sampler!r}: choose one of {SAMPLERS}.")
+    make_controls(s.temperature, s.top_k, s.top_p)
+    T = int(config.data.clip_length)
+    if not 1 <= int(s.n_prime) < T:
+        raise ValueError(f"sample.n_prime={s.n_prime} must lie in [1, {T}) (priming frames "
+                         f"of a data.clip_length={T}-frame clip).")
+    if int(s.batch_size) < 1:
+        raise ValueError(f"sample.batch_size={s.batch_size}: must be at least 1.")
+    shd.check_batch_divides("sample.batch_size", int(s.batch_size), mesh,
+                            shd.rules_from_config(config))
+
+
 def pipeline(config: Any, mesh: Mesh) -> None:
     """Every HDR stage of --mode=all, before stage 1 trains."""
     autoencoder(config, mesh)
+    predictor(config, mesh)
+    sample(config, mesh)
+    if config.eval.in_pipeline:
+        from lvt_jax import evaluate
+        evaluate.check_config(config)

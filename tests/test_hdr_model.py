@@ -156,17 +156,18 @@ def test_latent_encoder_windows_equal_one_pass(model_and_params):
     video, whatever their lengths; records hold the layout's F numbers per frame."""
     from lvt_jax import hdr_latents
     from lvt_jax import metrics as M
+    from lvt_jax.models.hdr import latents
     model, params, _ = model_and_params
     rng = np.random.default_rng(0)
     videos = [rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (7, 5, 7)]
     enc = hdr_latents.VideoLatentEncoder(model, params, batch_size=2, window=3,
                                          image_shape=(64, 64, 3))
     out = enc.encode_videos(videos)
-    lay = hdr_latents.layout(model.config)
+    lay = latents.layout(model.config)
     for v, got in zip(videos, out):
-        assert got.shape == (len(v), 1, 1, hdr_latents.num_features(lay))
+        assert got.shape == (len(v), 1, 1, latents.num_features(lay))
         full = model.apply({"params": params}, M.to_model_input(v[None]), method="encode")
-        want = np.asarray(hdr_latents.frame_features(full))[0]
+        want = np.asarray(latents.frame_features(full))[0]
         np.testing.assert_allclose(got[:, 0, 0], want, atol=2e-5)
-        parts = hdr_latents.split_features(got[:, 0, 0], lay)
+        parts = latents.split_features(got[:, 0, 0], lay)
         np.testing.assert_allclose(parts["dynamic"], full["dyn_mu"][0], atol=2e-5)

@@ -49,7 +49,7 @@ def cheap_fvd(generator: Any, real_features: np.ndarray, prime_frames: np.ndarra
               extractor: FeatureExtractor | None = None) -> float:
     """FVD of one sample per priming clip (with `transformer_params`) against `real_features`."""
     extractor = extractor or _default_extractor(tuple(d.id for d in jax.devices()))
-    videos = np.asarray(generator.sample(prime_frames, key, transformer_params=transformer_params))
+    videos = np.asarray(generator.sample(prime_frames, key, stage2_params=transformer_params))
     return fvd(real_features, extractor(videos))
 
 

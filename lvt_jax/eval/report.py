@@ -94,11 +94,13 @@ def write(out_dir: str, results: dict, examples: tuple | None, n_prime: int) -> 
         f"{r['fvd_star_std']:.2f} |",
         f"| PSNR (mean / best of {r['best_of_n']}) | {r['psnr']:.2f} / {r['psnr_best']:.2f} dB |",
         f"| SSIM (mean / best of {r['best_of_n']}) | {r['ssim']:.4f} / {r['ssim_best']:.4f} |",
-        f"| test bits per code | {r['bits_per_code']:.4f} ({r['bits_per_code_source']}) |",
+        (f"| test bits per code | {r['bits_per_code']:.4f} ({r['bits_per_code_source']}) |"
+         if "bits_per_code" in r else
+         f"| test ELBO (nats per frame) | {r['elbo_nats_per_frame']:.4f} ({r['elbo_source']}) |"),
         "",
         "FVD* compares the samples with the stage-1 reconstructions of the same clips (what "
-        "stage 1 can represent), so it measures the transformer's error alone; the gap to FVD "
-        "reflects the VQ-VAE's own error. FVD std is over trials. PSNR/SSIM are over "
+        "stage 1 can represent), so it measures stage 2's error alone; the gap to FVD "
+        "reflects stage 1's own error. FVD std is over trials. PSNR/SSIM are over "
         f"the generated frames of the first {r['quality_videos']} clips.",
         "",
         "![FVD per trial](fvd_trials.png)",

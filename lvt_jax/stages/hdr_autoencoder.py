@@ -25,11 +25,34 @@ import optax
 
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
-from lvt_jax.data.pipeline import INSTANCE_MASK
+from lvt_jax.data.pipeline import DATASETS_WITH_INSTANCE_MASKS, INSTANCE_MASK
 from lvt_jax.eval import ari, swap
 from lvt_jax.models.hdr.autoencoder import HDRAutoencoder
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
+
+MASK_METRICS = ("auto", "on", "off")
+
+
+def mask_metrics(config: Any) -> bool:
+    """Whether HDR stage 1 computes FG-ARI and the swap test (they need instance masks).
+
+    'auto' (default): where the dataset has masks; 'on': required (an error without
+    masks); 'off': never."""
+    t = config.hdr.autoencoder.train
+    mode = str(t.get("mask_metrics", "auto")).lower()
+    mode = {"true": "on", "false": "off"}.get(mode, mode)
+    if mode not in MASK_METRICS:
+        raise ValueError(f"hdr.autoencoder.train.mask_metrics={t.mask_metrics!r}: choose one "
+                         f"of {MASK_METRICS}.")
+    has = config.data.name in DATASETS_WITH_INSTANCE_MASKS
+    if mode == "on" and not has:
+        raise ValueError(
+            f"hdr.autoencoder.train.mask_metrics='on' asks for FG-ARI and the swap test, "
+            f"which need ground-truth instance masks, but data.name={config.data.name!r} has "
+            f"none (datasets with masks: {', '.join(DATASETS_WITH_INSTANCE_MASKS)}); set "
+            "--config.hdr.autoencoder.train.mask_metrics=auto (or off).")
+    return has and mode != "off"
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
@@ -63,7 +86,6 @@ class HDRAutoencoderStage(Stage):
         self.clip_length = int(t.clip_length)
         self.eval_clip_length = int(t.get("eval_clip_length", 0) or d.clip_length)
         self.num_slots = int(config.hdr.model.num_objects) + 1
-        from lvt_jax.validate_hdr import mask_metrics
         self.has_masks = mask_metrics(config)
         self.num_mask_ids = int(config.hdr.autoencoder.get("num_mask_ids", 5))
 

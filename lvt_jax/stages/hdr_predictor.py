@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lvt_jax import hdr_latents
 from lvt_jax import sharding as shd
+from lvt_jax.models.hdr import latents
 from lvt_jax.models.hdr.predictor import LatentPredictor, elbo_terms, init_params
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
+
+LATENTS_DIR = "hdr_latents"   # WORKDIR/hdr_latents/<split>: written by --mode=encode
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
@@ -42,8 +44,8 @@ def build_model(config: Any) -> LatentPredictor:
 def split_batch(latents: jax.Array, layout: dict, n_prime: int) -> tuple[jax.Array, jax.Array]:
     """Stored latents [B, T, 1, 1, F] -> (dynamic [B, T, S, Dd], conditioning [B, C] from
     the first n_prime frames)."""
-    parts = hdr_latents.split_features(latents[:, :, 0, 0].astype(jnp.float32), layout)
-    return parts["dynamic"], hdr_latents.conditioning(parts["static"][:, :n_prime],
+    parts = latents.split_features(latents[:, :, 0, 0].astype(jnp.float32), layout)
+    return parts["dynamic"], latents.conditioning(parts["static"][:, :n_prime],
                                                       parts["background"][:, :n_prime])
 
 
@@ -56,7 +58,7 @@ class HDRPredictorStage(Stage):
         self.workdir = workdir
         self.model = build_model(config)
         self.tx = make_optimizer(config.hdr.predictor.train)
-        self.layout = hdr_latents.layout(config.hdr.model)
+        self.layout = latents.layout(config.hdr.model)
         self.num_frames = int(config.data.clip_length)
         self.n_prime = int(config.hdr.predictor.train.n_prime)
         lay = self.layout
@@ -75,7 +77,7 @@ class HDRPredictorStage(Stage):
     def _inputs(self, batch: dict) -> tuple[jax.Array, jax.Array]:
         lat = batch["latents"]
         chex.assert_shape(lat, (None, self.num_frames, 1, 1,
-                                hdr_latents.num_features(self.layout)))
+                                latents.num_features(self.layout)))
         return split_batch(lat, self.layout, self.n_prime)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -114,7 +116,7 @@ class HDRPredictorStage(Stage):
         if self.workdir is None:
             raise ValueError("HDRPredictorStage needs the workdir holding hdr_latents/ to "
                              "read data: construct it as HDRPredictorStage(config, workdir).")
-        return hdr_latents.split_dir(self.workdir, split)
+        return os.path.join(self.workdir, LATENTS_DIR, split)
 
     def make_iterator(self, split: str, mesh, *, train: bool):
         from lvt_jax.data import codes as codes_lib

@@ -1,64 +1,48 @@
-"""Both trained stages, loaded once: frames <-> codes, and video continuation.
+"""LVT's two trained stages, loaded once: frames <-> codes, and video continuation.
 
 `Generator` is what sampling (`--mode=sample`), evaluation (`--mode=evaluate`) and the
-in-loop FVD of stage-2 training use. Every call runs at one fixed global batch
-(`config.sample.batch_size`, the last chunk padded), with the batch split over the mesh's
-data axis, so each jitted function compiles once. Inputs are host arrays that every
-process holds in full (they are cut into the process's shards with
-`jax.make_array_from_callback`), outputs are host arrays on every process: the same code
-runs on one CPU, one GPU or a multi-host slice.
+in-loop FVD of stage-2 training use for LVT (batching and sharding: generate/base.py).
 """
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lvt_jax import sharding as shd
+from lvt_jax.generate.base import BatchedGenerator, to_uint8
+from lvt_jax.metrics import to_model_input
 from lvt_jax.models.lvt.transformer import build_model
+from lvt_jax.models.lvt.vqvae import VQVAE
 from lvt_jax.sampling import controls as ctl_lib
 from lvt_jax.sampling.lvt import sampler as sampler_lib
 
 log = logging.getLogger(__name__)
 
 
-def to_uint8(x: jax.Array) -> jax.Array:
-    """Decoder output in [-1, 1] -> uint8 pixels (inverse of `to_model_input`)."""
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
-class Generator:
+class Generator(BatchedGenerator):
     """Stage 1 (VQ-VAE) and stage 2 (transformer) ready to encode, decode and sample."""
+
+    system = "lvt"
 
     def __init__(self, config: Any, vqvae_variables: Any, transformer_params: Any, mesh: Mesh,
                  *, sampler: Optional[str] = None):
-        from lvt_jax.stages.vqvae import VQVAEStage, to_model_input
-        self.config, self.mesh = config, mesh
-        s = config.sample
-        self.rules = shd.rules_from_config(config)
+        super().__init__(config, mesh)
         m = config.transformer.model
         self.clip_shape = tuple(m.clip_shape)
         self.num_frames = self.clip_shape[0]
-        self.n_prime = int(s.n_prime)
-        self.sampler = sampler or str(s.sampler)
+        self.sampler = sampler or str(config.sample.sampler)
         if self.sampler not in sampler_lib.SAMPLERS:
             raise ValueError(f"sample.sampler={self.sampler!r}: choose one of "
                              f"{sampler_lib.SAMPLERS}.")
         sampler_lib.first_slice(self.clip_shape, tuple(m.stride), self.n_prime)  # checks n_prime
-        self.controls = ctl_lib.make_controls(s.temperature, s.top_k, s.top_p)
-        self.batch_size = int(s.batch_size)
-        shd.check_batch_divides("sample.batch_size", self.batch_size, mesh, self.rules)
-        self.vqvae = VQVAEStage(config).model
+        self.vqvae = VQVAE(config.vqvae.model)
         self.transformer = build_model(m)
-        self._replicated = NamedSharding(mesh, P())
-        self.vqvae_variables = jax.device_put(vqvae_variables, self._replicated)
+        self.vqvae_variables = jax.device_put(vqvae_variables, NamedSharding(mesh, P()))
         self.params = transformer_params
-        self.image_shape = (config.data.image_size, config.data.image_size, 3)
 
         def encode(variables, frames):  # [N, H, W, 3] uint8 -> [N, h, w, nc]
             return self.vqvae.apply(variables, to_model_input(frames), method="encode")
@@ -69,7 +53,6 @@ class Generator:
         self._encode = jax.jit(encode)
         self._decode = jax.jit(decode)
         self._sample_fns: dict = {}
-        self.progress: Optional[Callable[[int], None]] = None
 
     @classmethod
     def from_workdir(cls, config: Any, workdir: str, mesh: Mesh, **kw) -> "Generator":
@@ -83,23 +66,6 @@ class Generator:
         gen = cls(config, {"params": vq.params, **vq.extra}, tr.params, mesh, **kw)
         gen.steps = {"vqvae": int(vq_step), "transformer": int(tr_step)}
         return gen
-
-    # --- sharding helpers -------------------------------------------------------------
-    def _global(self, host: np.ndarray) -> jax.Array:
-        """A host array every process holds in full -> batch-sharded global array."""
-        sharding = shd.batch_sharding(self.mesh, host.ndim, self.rules)
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-    def _chunks(self, n: int):
-        for start in range(0, n, self.batch_size):
-            yield start, min(n, start + self.batch_size)
-
-    def _padded(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
-        part = x[start:stop]
-        if len(part) < self.batch_size:
-            pad = np.repeat(part[-1:], self.batch_size - len(part), axis=0)
-            part = np.concatenate([part, pad])
-        return part
 
     # --- frames <-> codes ---------------------------------------------------------------
     def _frames_op(self, fn, variables, x: np.ndarray) -> np.ndarray:
@@ -118,10 +84,7 @@ class Generator:
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """uint8 [B, T, H, W, 3] -> int32 codes [B, T, h, w, nc]."""
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.shape[2:] != self.image_shape:
-            raise ValueError(f"expected uint8 frames [B, T, {self.image_shape}], got "
-                             f"{frames.dtype} {frames.shape}")
+        frames = self._check_frames(frames)
         return self._frames_op(self._encode, self.vqvae_variables, frames).astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -187,25 +150,22 @@ class Generator:
                 out.append(shd.fetch(codes)[:stop - start])
         return np.concatenate(out)
 
-    def _global_keys(self, key: jax.Array, idx: np.ndarray) -> jax.Array:
-        data = jax.random.key_data(sampler_lib.keys_for_videos(key, idx))
-        host = np.asarray(data)
-        arr = self._global(host)
-        return jax.random.wrap_key_data(arr)
-
     @property
     def conditional(self) -> bool:
         return int(self.config.transformer.model.get("num_classes", 0) or 0) > 0
 
     def sample(self, prime_frames: np.ndarray, key: jax.Array, *, transformer_params: Any = None,
-               first_index: int = 0, labels: Optional[np.ndarray] = None) -> np.ndarray:
+               stage2_params: Any = None, first_index: int = 0,
+               labels: Optional[np.ndarray] = None) -> np.ndarray:
         """uint8 priming frames [B, n_prime, H, W, 3] -> uint8 videos [B, num_frames, ...].
 
         Every output frame is decoded from codes: frames < n_prime are the stage-1
-        reconstructions of the priming frames.
+        reconstructions of the priming frames. `stage2_params` (or `transformer_params`)
+        replaces the loaded transformer's parameters (the in-loop FVD's live ones).
         """
         prime = self.encode(np.asarray(prime_frames)[:, :self.n_prime])
-        codes = self.sample_codes(prime, key, transformer_params=transformer_params,
+        params = stage2_params if stage2_params is not None else transformer_params
+        codes = self.sample_codes(prime, key, transformer_params=params,
                                   first_index=first_index, labels=labels)
         return self.decode(codes)
 
@@ -216,5 +176,3 @@ class Generator:
         return subscale.num_slices(m.stride) - sampler_lib.first_slice(
             self.clip_shape, tuple(m.stride), self.n_prime)
 
-    def num_batches(self, n: int) -> int:
-        return math.ceil(n / self.batch_size)
