@@ -181,15 +181,15 @@ def dataset(config: Any) -> None:
                          f"{len(classes)} classes ({', '.join(classes[:5])}"
                          f"{', ...' if len(classes) > 5 else ''}); set "
                          f"--config.transformer.model.num_classes={len(classes)}.")
-    per_trial = int(config.eval.videos_per_trial)
-    if config.eval.in_pipeline and sizes.get("test", 0) < per_trial:
+    per_trial, test = int(config.eval.videos_per_trial), sizes.get("test", 0)
+    if config.eval.in_pipeline and test < per_trial:
+        fewer = (f"--config.eval.videos_per_trial={test} (an FVD from so few videos is only "
+                 "a rough guide), or " if test >= 2 else "")
         raise ValueError(
-            f"the test split of {where} has {sizes.get('test', 0)} videos, fewer than the "
-            f"evaluation's eval.videos_per_trial={per_trial}: add test videos (raise "
-            f"data.video_folder.test_fraction, or fill test/), or set "
-            f"--config.eval.videos_per_trial={max(2, sizes.get('test', 0))} (an FVD from so "
-            "few videos is only a rough guide), or --config.eval.in_pipeline=False to stop "
-            "--mode=all after sampling.")
+            f"the test split of {where} has {test} videos, fewer than the evaluation's "
+            f"eval.videos_per_trial={per_trial}: add test videos (raise "
+            f"data.video_folder.test_fraction, or fill test/), or set {fewer}"
+            "--config.eval.in_pipeline=False to stop --mode=all after sampling.")
 
 
 def sample(config: Any, mesh: Mesh) -> None:

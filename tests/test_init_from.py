@@ -188,3 +188,34 @@ def test_missing_source_fails_before_anything_runs(tmp_path):
     validate.pipeline(cfg, mesh_of(8))  # 0 steps: the source taken as it is
     with pytest.raises(init_from.InitFromError, match="holds no finished checkpoint"):
         init_from.load_source(cfg, "transformer", cfg.transformer.init_from)
+
+
+def test_zero_steps_keeps_the_source_stage1_as_it_is(pipeline_run, tmp_path, caplog):
+    """num_steps=0 with init_from: the source's stage 1 unchanged, evaluated on this data;
+    a stage 2 fine-tuned on top of a stage 1 from scratch is warned about."""
+    import logging
+    src_cfg, src = pipeline_run
+    mesh = mesh_of(8)
+    cfg = tiny_config(src_cfg.data.data_dir, num_steps=0)
+    cfg.vqvae.init_from = os.path.join(src, "vqvae", "checkpoints")
+    work = str(tmp_path / "keep")
+    stage = VQVAEStage(cfg)
+    state, results = trainer.train(stage, work, mesh, init=init_from.initializer(stage, work))
+    source, _ = trainer.restore_state(stage, mesh, src)
+    saved, step = trainer.restore_state(stage, mesh, work)
+    assert step == 0 and results["step"] == 0
+    for got in (state, saved):
+        for a, b in ((got.params, source.params), (got.extra, source.extra)):
+            fa, fb = flat(a), flat(b)
+            assert fa.keys() == fb.keys()
+            assert all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+    cfg.transformer.init_from = src
+    stage2 = TransformerStage(cfg, work)
+    with caplog.at_level(logging.INFO, logger="lvt_jax.init_from"):
+        init_from.stage1_note(cfg, work, stage, stage2)
+    assert "stage 1 started from" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lvt_jax.init_from"):
+        init_from.stage1_note(cfg, src, stage, stage2)  # src's stage 1: from scratch
+    assert "little of it transfers" in caplog.text

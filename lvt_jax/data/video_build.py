@@ -346,6 +346,11 @@ def write_skipped(path: str, skipped: list[tuple]) -> None:
 # --------------------------------------------------------------------------- builder
 
 
+def _quiet_custom_config(record: logging.LogRecord) -> bool:
+    """Drops tfds' warning that a builder config is not a registered one."""
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
 class LocalVideoBuilder(tfds.core.GeneratorBasedBuilder):
     """A dataset prepared from local video files; subclasses list the source.
 
@@ -367,7 +372,12 @@ class LocalVideoBuilder(tfds.core.GeneratorBasedBuilder):
         self.source_dir = None if source_dir is None else os.fspath(source_dir)
         self.num_workers = int(num_workers) or available_cores()
         self.clips_per_shard = int(clips_per_shard)
-        super().__init__(**kwargs)
+        absl_log = logging.getLogger("absl")
+        absl_log.addFilter(_quiet_custom_config)  # configs are made per setting, on purpose
+        try:
+            super().__init__(**kwargs)
+        finally:
+            absl_log.removeFilter(_quiet_custom_config)
 
     def locate(self) -> ClipListing:
         """Lists the source (fast, no decoding); raises naming the expected layout."""
