@@ -138,6 +138,8 @@ def transformer(config: Any, mesh: Mesh) -> None:
                          f"a labelled dataset (kinetics600, or video_folder with labels), but "
                          f"data.name={d.name!r} has no labels; {fix}set "
                          "--config.transformer.model.num_classes=0.")
+    if classes > 0:
+        dataset(config)  # the classes the data have (a video folder's class folders)
     if int(m.d_model) < 6:
         raise ValueError(f"transformer.model.d_model={m.d_model}: the 3-D position encoding "
                          "needs d_model >= 6.")
@@ -152,13 +154,13 @@ def pipeline(config: Any, mesh: Mesh) -> None:
     if config.eval.in_pipeline:
         from lvt_jax import evaluate
         evaluate.check_config(config)
-    dataset(config)
+    dataset(config, evaluation=bool(config.eval.in_pipeline))
 
 
-def dataset(config: Any) -> None:
+def dataset(config: Any, evaluation: bool = False) -> None:
     """The data against the settings, in seconds (a listing, no decoding): a video folder
-    that cannot make a dataset, its classes against a class-conditional stage 2, its test
-    split against the evaluation's videos per trial."""
+    that cannot make a dataset, its classes against a class-conditional stage 2, and (with
+    `evaluation`) its test split against the evaluation's videos per trial."""
     d = config.data
     if d.name != "video_folder":
         return
@@ -182,7 +184,7 @@ def dataset(config: Any) -> None:
                          f"{', ...' if len(classes) > 5 else ''}); set "
                          f"--config.transformer.model.num_classes={len(classes)}.")
     per_trial, test = int(config.eval.videos_per_trial), sizes.get("test", 0)
-    if config.eval.in_pipeline and test < per_trial:
+    if evaluation and test < per_trial:
         fewer = (f"--config.eval.videos_per_trial={test} (an FVD from so few videos is only "
                  "a rough guide), or " if test >= 2 else "")
         raise ValueError(

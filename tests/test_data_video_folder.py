@@ -283,11 +283,10 @@ def test_validate_checks_classes_and_the_test_split_before_training(built, tmp_p
     c.data.video_folder.update(cfg.video_folder.to_dict())
     c.data.image_size = SIZE
     c.transformer.model.clip_shape = (4, SIZE // 4, SIZE // 4)
-    validate.dataset(c)  # prepared, unlabelled, evaluation off: fine
-    c.eval.in_pipeline = True
+    validate.dataset(c)  # prepared, unlabelled, no evaluation: fine
     with pytest.raises(ValueError, match=rf"has {len(test)} videos, fewer than .*"
                                          rf"videos_per_trial={len(test)}"):
-        validate.dataset(c)
+        validate.dataset(c, evaluation=True)
     c.eval.in_pipeline = False
     c.data.image_size, c.transformer.model.clip_shape = 64, (4, 16, 16)
     src = tmp_path / "classes"
@@ -297,7 +296,7 @@ def test_validate_checks_classes_and_the_test_split_before_training(built, tmp_p
     c.data.video_folder.update(source_dir=str(src), labels=True, test_fraction=0.5)
     c.transformer.model.num_classes = 2
     with pytest.raises(ValueError, match="has 3 classes .*num_classes=3"):
-        validate.pipeline(c, mesh_of(8))  # from the listing: nothing is decoded
+        validate.transformer(c, mesh_of(8))  # from the listing: nothing is decoded
     assert not pipeline._make_builder(c.data).is_prepared()
 
 

@@ -130,32 +130,20 @@ def locate_folder(source_dir: str | os.PathLike | None, test_fraction: float = 0
     notes: dict = {"test_fraction": float(test_fraction), "labels": bool(labels),
                    "num_files": len(files), "files_sha256": files_digest(root, files)}
     placed: dict[str, str] = {}  # rel path -> split
-    inner: dict[str, str] = {}  # rel path below the split folder (or the root)
-    if layout == "split_folders":
-        outside = []
-        for rel in files:
-            top, _, rest = rel.partition("/")
-            if top in SPLITS and rest:
-                placed[rel], inner[rel] = top, rest
-            else:
-                outside.append(rel)
-        if outside:
-            notes["outside_splits"] = outside
-            log.warning("%s: %d files outside train/ and test/ are not used (e.g. %s).",
-                        NAME, len(outside), _examples(outside))
-    else:
-        inner = {rel: rel for rel in files}
-    skip: dict[str, tuple[str, str]] = {}
+    inner = _inside_splits(files, placed, notes) if layout == "split_folders" else {
+        rel: rel for rel in files}  # rel path -> path below the split folder (or root)
+    skip: dict[str, tuple[str, str]] = {}  # rel path -> (reason, detail), before decoding
     for rel in inner:
         if kinds[rel] != "video":
             ext = os.path.splitext(rel)[1] or "(none)"
-            skip[rel] = (kinds[rel], f"extension {ext}: {video_listing.LISTING_REASONS[kinds[rel]]}")
+            skip[rel] = (kinds[rel],
+                         f"extension {ext}: {video_listing.LISTING_REASONS[kinds[rel]]}")
         elif labels and "/" not in inner[rel]:
             skip[rel] = ("no_class", f"directly in the {placed.get(rel, 'top')} folder; with "
                          f"{FIELD}.labels=True every video must be inside a class folder")
     usable = [rel for rel in inner if rel not in skip]
     if layout == "by_path":
-        _split_by_path(root, usable, list(inner), test_fraction, placed)
+        _split_by_path(usable, list(inner), test_fraction, placed)
     clips: dict[str, list[video_listing.Clip]] = {s: [] for s in SPLITS}
     for rel in inner:
         reason, detail = skip.get(rel, (None, ""))
@@ -175,13 +163,29 @@ def locate_folder(source_dir: str | os.PathLike | None, test_fraction: float = 0
         if not any(c.skip is None for c in clips[split]):
             raise VideoFolderError(_empty_split_message(root, layout, split, clips[split],
                                                         len(usable), test_fraction))
-    listing = video_listing.ClipListing(
+    return video_listing.ClipListing(
         root=root, layout=layout, class_names=class_names, notes=notes,
         clips={s: sorted(c, key=lambda x: x.clip_id) for s, c in clips.items()})
-    return listing
 
 
-def _split_by_path(root: str, usable: list[str], every: list[str], test_fraction: float,
+def _inside_splits(files: list[str], placed: dict[str, str], notes: dict) -> dict[str, str]:
+    """Split-folder layout: the files below train/ and test/ (-> their path below it);
+    the others are reported in the notes and a warning."""
+    inner, outside = {}, []
+    for rel in files:
+        top, _, rest = rel.partition("/")
+        if top in SPLITS and rest:
+            placed[rel], inner[rel] = top, rest
+        else:
+            outside.append(rel)
+    if outside:
+        notes["outside_splits"] = outside
+        log.warning("%s: %d files outside train/ and test/ are not used (e.g. %s).",
+                    NAME, len(outside), _examples(outside))
+    return inner
+
+
+def _split_by_path(usable: list[str], every: list[str], test_fraction: float,
                    placed: dict[str, str]) -> None:
     """Test = the round(f * N) usable videos with the smallest path hashes; every other
     file falls on the side of that cut its own hash lies on (for the report only)."""
@@ -190,7 +194,6 @@ def _split_by_path(root: str, usable: list[str], every: list[str], test_fraction
     cut = path_hash(ranked[n_test - 1]) if n_test else None
     for rel in every:
         placed[rel] = "test" if cut is not None and path_hash(rel) <= cut else "train"
-    del root
 
 
 def _empty_split_message(root: str, layout: str, split: str, clips: list, usable: int,
