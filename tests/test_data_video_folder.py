@@ -319,3 +319,26 @@ def test_whole_pipeline_on_a_folder_with_only_its_path(tmp_path):
     samples = json.loads((work / "samples" / "samples.json").read_text())
     assert samples["num_videos"] == 1 and samples["n_prime"] == 2
     assert "video_folder: wrote {'train': 9, 'test': 1}" in out.stderr
+
+
+def test_config_variants():
+    from configs import bair, demo
+    from configs import video_folder as config_file
+    from lvt_jax import summary
+    c = config_file.get_config()
+    assert c.data.name == "video_folder" and c.data.clip_length == 16
+    assert c.data.video_folder.min_frames == 16 and c.sample.n_prime == 5
+    assert c.vqvae.model == demo.get_config().vqvae.model  # the demo's sizes by default
+    assert c.transformer.model.d_model == 128 and c.transformer.model.vocab_size == 512
+    paper = config_file.get_config("paper")
+    assert summary.vqvae_counts(paper)[0] == summary.vqvae_counts(bair.get_config())[0]
+    assert summary.transformer_counts(paper)[0]["total"] == 49_872_384  # the paper's DSFVT
+    assert config_file.get_config("paper,dstsvt").transformer.model.variant == "dstsvt"
+    with pytest.raises(ValueError, match="unknown variant"):
+        config_file.get_config("huge")
+    for arg in ("tiny", "dstsvt,tiny"):
+        tiny = config_file.get_config(arg)
+        validate.vqvae(tiny, mesh_of(8))
+        validate.transformer(tiny, mesh_of(8))
+        with pytest.raises(video_folder.VideoFolderError, match="source_dir is not set"):
+            validate.pipeline(tiny, mesh_of(8))  # --mode=all without the folder: at once
