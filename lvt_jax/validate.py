@@ -11,8 +11,8 @@ from lvt_jax import sharding as shd
 
 batch_divides = shd.check_batch_divides  # the mesh check lives with the mesh code
 
-DATASETS = ("bair", "synthetic_pushing", "kinetics600", "video_folder")
-LOCAL_VIDEOS = {"kinetics600": "kinetics", "video_folder": "video_folder"}  # name -> section
+# Datasets prepared from local video files -> their config section (data.<section>).
+LOCAL_VIDEOS = {"kinetics600": "kinetics", "video_folder": "video_folder"}
 
 
 def shortest_video(config: Any) -> tuple[int, str]:
@@ -45,6 +45,7 @@ def vqvae(config: Any, mesh: Mesh) -> None:
                          f"num_codebooks={m.num_codebooks}.")
     _steps("vqvae", config)
     _positive("vqvae.train", t, ("log_every", "checkpoint_every", "keep"))
+    from lvt_jax.data.pipeline import DATASETS
     if d.name not in DATASETS:
         raise ValueError(f"data.name={d.name!r}: known datasets are "
                          f"{', '.join(repr(n) for n in DATASETS)}.")
