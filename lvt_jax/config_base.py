@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.logical_axis_rules = DEFAULT_RULES
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "bair"                      # 'bair' | 'synthetic_pushing' | 'kinetics600'
+    c.data.name = "bair"   # 'bair' | 'synthetic_pushing' | 'kinetics600' | 'video_folder'
     c.data.data_dir = config_dict.placeholder(str)   # tfds data dir (None: tfds default)
     c.data.bair_source_dir = config_dict.placeholder(str)  # local BAIR tar or softmotion30_44k
     c.data.synthetic = ml_collections.ConfigDict(dict(num_train=2000, num_test=256, seed=0))
@@ -36,6 +36,16 @@ def base_config() -> ml_collections.ConfigDict:
         test_split="test",         # the split evaluated as 'test' ('test' | 'validation')
         num_workers=0,             # decoding processes while preparing (0: all cores)
         clips_per_shard=256))      # unit of restart of the preparation
+    # Your own videos (lvt_jax.data.video_folder): any folder, same preparation as Kinetics.
+    c.data.video_folder = ml_collections.ConfigDict(dict(
+        source_dir=config_dict.placeholder(str),  # DIR, or DIR/{train,test}/ to pick splits
+        test_fraction=0.1,         # without train/ and test/: this share of the videos is test
+        labels=False,              # True: class = first folder level (class-conditional)
+        fps=config_dict.placeholder(float),       # None: every frame, native rate
+        min_frames=16,             # shorter videos are skipped (and listed)
+        max_frames=256,            # longer videos are stored in pieces (0: never cut)
+        num_workers=0,             # decoding processes while preparing (0: all cores)
+        clips_per_shard=64))       # unit of restart of the preparation
     c.data.image_size = 64
     c.data.frames_per_video = 30              # frames of the shortest video
     c.data.clip_length = 16
@@ -44,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Stage 1: frame VQ-VAE ("PR-DVQVAE2"): the specification's exact architecture.
     c.vqvae = ml_collections.ConfigDict()
+    # Fine-tuning: start from these weights (a workdir, one of its checkpoints, or the
+    # reference release's VQ-VAE) at step 0 with a fresh optimiser; see lvt_jax.init_from.
+    c.vqvae.init_from = config_dict.placeholder(str)
     c.vqvae.model = ml_collections.ConfigDict(dict(
         hidden=128, channels=256, res_channels=128, num_res_blocks=2,
         num_codebooks=4, codebook_size=512, ema_decay=0.99, ema_eps=1e-5, beta=1.0))
@@ -65,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.transformer = ml_collections.ConfigDict()
     c.transformer.model = default_transformer_config("dsfvt")
     c.transformer.codes_dir = config_dict.placeholder(str)  # None: WORKDIR/codes
+    c.transformer.init_from = config_dict.placeholder(str)  # fine-tuning, as vqvae.init_from
     c.transformer.train = ml_collections.ConfigDict(dict(
         batch_size=64, num_steps=600_000,
         # RMSProp as in PyTorch: eps outside the square root, momentum 0.9, constant rate.

@@ -145,6 +145,13 @@ def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
         k = d.kinetics
         data["kinetics"] = {"fps": None if k.fps is None else float(k.fps),
                             "min_frames": int(k.min_frames), "test_split": str(k.test_split)}
+    if d.name == "video_folder":  # which folder, split and frames (not how it was built)
+        v = d.video_folder
+        data["video_folder"] = {
+            "source_dir": os.path.abspath(os.path.expanduser(str(v.source_dir))),
+            "fps": None if v.fps is None else float(v.fps), "min_frames": int(v.min_frames),
+            "max_frames": int(v.max_frames or 0), "test_fraction": float(v.test_fraction),
+            "labels": bool(v.labels)}
     vps = int(config.encode.videos_per_shard if videos_per_shard is None else videos_per_shard)
     return {"format": fmt, "split": split, "num_videos": int(num_videos),
             "video_shape": [int(n) for n in video_shape], "videos_per_shard": vps,

@@ -32,13 +32,14 @@ def _need_workdir(workdir: str | None, mode: str) -> str:
 
 
 def train_vqvae(config: Any, workdir: str | None) -> dict:
-    from lvt_jax import trainer, validate
+    from lvt_jax import init_from, trainer, validate
     from lvt_jax.stages.vqvae import VQVAEStage
     workdir = _need_workdir(workdir, "train_vqvae")
     _require_system(config, "lvt", "train_vqvae")
     mesh = shd.make_mesh(config.mesh)
     validate.vqvae(config, mesh)
-    _, results = trainer.train(VQVAEStage(config), workdir, mesh)
+    stage = VQVAEStage(config)
+    _, results = trainer.train(stage, workdir, mesh, init=init_from.initializer(stage, workdir))
     log.info("vqvae eval: %s", {k: v for k, v in results.items() if k != "codebook_perplexity"})
     return results
 
@@ -71,14 +72,17 @@ def train_hdr_autoencoder(config: Any, workdir: str | None) -> dict:
 
 
 def train_transformer(config: Any, workdir: str | None) -> dict:
-    from lvt_jax import trainer, validate
+    from lvt_jax import init_from, trainer, validate
     from lvt_jax.stages.transformer import TransformerStage
+    from lvt_jax.stages.vqvae import VQVAEStage
     workdir = _need_workdir(workdir, "train_transformer")
     _require_system(config, "lvt", "train_transformer")
     mesh = shd.make_mesh(config.mesh)
     validate.transformer(config, mesh)
-    _, results = trainer.train(TransformerStage(config, workdir), workdir, mesh,
-                               periodic=_lvt_fvd_hook(config, workdir, mesh))
+    stage = TransformerStage(config, workdir)
+    init_from.stage1_note(config, workdir, VQVAEStage(config), stage)
+    _, results = trainer.train(stage, workdir, mesh, periodic=_lvt_fvd_hook(config, workdir, mesh),
+                               init=init_from.initializer(stage, workdir))
     log.info("transformer eval: %s", results)
     return results
 

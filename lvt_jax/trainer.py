@@ -128,8 +128,12 @@ class PeriodicHook(Protocol):
 
 def train(stage: Stage, workdir: str, mesh: Mesh,
           on_eval: Callable[[int, dict], None] | None = None,
-          periodic: PeriodicHook | None = None) -> tuple[TrainState, dict]:
-    """Trains `stage` to train_cfg.num_steps (resuming if possible); returns (state, final eval)."""
+          periodic: PeriodicHook | None = None,
+          init: Callable[[ShardedStage], TrainState] | None = None) -> tuple[TrainState, dict]:
+    """Trains `stage` to train_cfg.num_steps (resuming if possible); returns (state, final eval).
+
+    `init` builds the step-0 state when there is no checkpoint to resume (default: the
+    stage's random init; fine-tuning passes lvt_jax.init_from's)."""
     cfg = stage.train_cfg
     rules = shd.rules_from_config(stage.config)
     bound = ShardedStage(stage, mesh, rules)
@@ -144,7 +148,7 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
         train_iter.set_state(data_state)
         log.info("%s: resumed from step %d", stage.name, step)
     else:
-        state, step = bound.init(), 0
+        state, step = (init(bound) if init is not None else bound.init()), 0
 
     primary = jax.process_index() == 0
     writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=primary)

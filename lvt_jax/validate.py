@@ -11,6 +11,25 @@ from lvt_jax import sharding as shd
 
 batch_divides = shd.check_batch_divides  # the mesh check lives with the mesh code
 
+# Datasets prepared from local video files -> their config section (data.<section>).
+LOCAL_VIDEOS = {"kinetics600": "kinetics", "video_folder": "video_folder"}
+
+
+def shortest_video(config: Any) -> tuple[int, str]:
+    """(frames of the shortest video, the config field that sets it): local-video datasets
+    keep videos of at least data.<section>.min_frames, the others are data.frames_per_video."""
+    d = config.data
+    section = LOCAL_VIDEOS.get(d.name)
+    if section is not None:
+        return int(d[section].min_frames), f"data.{section}.min_frames"
+    return int(d.frames_per_video), "data.frames_per_video"
+
+
+def labelled(config: Any) -> bool:
+    """Whether the dataset carries class labels (Kinetics; a video folder with labels on)."""
+    d = config.data
+    return d.name == "kinetics600" or (d.name == "video_folder" and bool(d.video_folder.labels))
+
 
 def vqvae(config: Any, mesh: Mesh) -> None:
     rules = shd.rules_from_config(config)
@@ -24,24 +43,35 @@ def vqvae(config: Any, mesh: Mesh) -> None:
     if m.channels % m.num_codebooks:
         raise ValueError(f"vqvae.model.channels={m.channels} must be divisible by "
                          f"num_codebooks={m.num_codebooks}.")
-    for k in ("num_steps", "log_every", "checkpoint_every", "keep"):
-        if int(t[k]) <= 0:
-            raise ValueError(f"vqvae.train.{k}={t[k]} must be positive.")
-    if d.name not in ("bair", "synthetic_pushing", "kinetics600"):
-        raise ValueError(f"data.name={d.name!r}: known datasets are 'bair', "
-                         "'synthetic_pushing' and 'kinetics600'.")
+    _steps("vqvae", config)
+    _positive("vqvae.train", t, ("log_every", "checkpoint_every", "keep"))
+    from lvt_jax.data.pipeline import DATASETS
+    if d.name not in DATASETS:
+        raise ValueError(f"data.name={d.name!r}: known datasets are "
+                         f"{', '.join(repr(n) for n in DATASETS)}.")
     for k in ("frames_per_video_sample", "eval_frames_per_video"):
         if int(t.get(k, 0)) < 0:
             raise ValueError(f"vqvae.train.{k}={t[k]} must be >= 0 (0: every frame).")
-    if int(t.get("eval_frames_per_video", 0)) > int(d.frames_per_video):
+    shortest, field = shortest_video(config)
+    if int(t.get("eval_frames_per_video", 0)) > shortest:
         raise ValueError(f"vqvae.train.eval_frames_per_video={t.eval_frames_per_video} is "
-                         f"longer than the videos (data.frames_per_video={d.frames_per_video}).")
+                         f"longer than the videos ({field}={shortest}).")
 
 
 def _positive(section: str, cfg: Any, keys: tuple[str, ...]) -> None:
     for k in keys:
         if int(cfg[k]) <= 0:
             raise ValueError(f"{section}.{k}={cfg[k]} must be positive.")
+
+
+def _steps(section: str, config: Any) -> None:
+    """num_steps > 0; 0 only when fine-tuning (the source's weights taken as they are)."""
+    from lvt_jax import init_from
+    n = int(config[section].train.num_steps)
+    source = init_from.check_config(config, section)  # fails fast on a missing path
+    if n < 0 or (n == 0 and source is None):
+        raise ValueError(f"{section}.train.num_steps={n} must be positive (0 only with "
+                         f"{section}.init_from: the source's weights kept as they are).")
 
 
 def encode(config: Any) -> None:
@@ -60,7 +90,8 @@ def transformer(config: Any, mesh: Mesh) -> None:
     batch_divides("transformer.train.batch_size", int(t.batch_size), mesh, rules)
     batch_divides("transformer.train.eval_batch_size",
                   int(t.get("eval_batch_size", t.batch_size)), mesh, rules)
-    _positive("transformer.train", t, ("num_steps", "log_every", "checkpoint_every", "keep"))
+    _steps("transformer", config)
+    _positive("transformer.train", t, ("log_every", "checkpoint_every", "keep"))
     clip = tuple(int(n) for n in m.clip_shape)
     grid = d.image_size // 4
     if clip[1:] != (grid, grid):
@@ -70,9 +101,12 @@ def transformer(config: Any, mesh: Mesh) -> None:
     if clip[0] != int(d.clip_length):
         raise ValueError(f"transformer.model.clip_shape[0]={clip[0]} differs from "
                          f"data.clip_length={d.clip_length}; set them equal.")
-    if int(d.clip_length) > int(d.frames_per_video):
-        raise ValueError(f"data.clip_length={d.clip_length} is longer than the videos "
-                         f"(data.frames_per_video={d.frames_per_video}); lower clip_length.")
+    shortest, field = shortest_video(config)
+    if int(d.clip_length) > shortest:
+        fix = ("raise it (a new preparation) or lower clip_length" if d.name in LOCAL_VIDEOS
+               else "lower clip_length")
+        raise ValueError(f"data.clip_length={d.clip_length} is longer than the shortest "
+                         f"video kept ({field}={shortest}); {fix}.")
     try:
         subscale.check_stride(clip, tuple(m.stride))
     except ValueError as e:
@@ -98,14 +132,15 @@ def transformer(config: Any, mesh: Mesh) -> None:
     classes = int(m.get("num_classes", 0))
     if classes < 0:
         raise ValueError(f"transformer.model.num_classes={classes} must be >= 0 (0: off).")
-    if classes > 0 and d.name != "kinetics600":
+    if classes > 0 and not labelled(config):
+        fix = ("set --config.data.video_folder.labels=True (class = first folder level) or "
+               if d.name == "video_folder" else "")
         raise ValueError(f"transformer.model.num_classes={classes}: class conditioning needs "
-                         f"a labelled dataset (kinetics600), but data.name={d.name!r} has no "
-                         "labels; set --config.transformer.model.num_classes=0.")
-    if d.name == "kinetics600" and int(d.clip_length) > int(d.kinetics.min_frames):
-        raise ValueError(f"data.clip_length={d.clip_length} is longer than the shortest "
-                         f"Kinetics clip kept (data.kinetics.min_frames={d.kinetics.min_frames});"
-                         " raise min_frames (a new preparation) or lower clip_length.")
+                         f"a labelled dataset (kinetics600, or video_folder with labels), but "
+                         f"data.name={d.name!r} has no labels; {fix}set "
+                         "--config.transformer.model.num_classes=0.")
+    if classes > 0:
+        dataset(config)  # the classes the data have (a video folder's class folders)
     if int(m.d_model) < 6:
         raise ValueError(f"transformer.model.d_model={m.d_model}: the 3-D position encoding "
                          "needs d_model >= 6.")
@@ -120,6 +155,44 @@ def pipeline(config: Any, mesh: Mesh) -> None:
     if config.eval.in_pipeline:
         from lvt_jax import evaluate
         evaluate.check_config(config)
+    dataset(config, evaluation=bool(config.eval.in_pipeline))
+
+
+def dataset(config: Any, evaluation: bool = False) -> None:
+    """The data against the settings, in seconds (a listing, no decoding): a video folder
+    that cannot make a dataset, its classes against a class-conditional stage 2, and (with
+    `evaluation`) its test split against the evaluation's videos per trial."""
+    d = config.data
+    if d.name != "video_folder":
+        return
+    from lvt_jax.data import pipeline as data_pipeline
+    from lvt_jax.data import video_folder
+    builder = data_pipeline._make_builder(d)
+    if builder.is_prepared():  # what training will read
+        sizes = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
+        classes = list(builder.info.features["label"].names)
+        where = f"the prepared copy {builder.data_dir}"
+    else:
+        vf = d.video_folder
+        listing = video_folder.locate_folder(vf.source_dir, vf.test_fraction, vf.labels)
+        sizes = {s: sum(c.skip is None for c in cs) for s, cs in listing.clips.items()}
+        classes = listing.class_names
+        where = f"{listing.root} (video files listed; unreadable ones will be skipped)"
+    num_classes = int(config.transformer.model.get("num_classes", 0) or 0)
+    if num_classes > 0 and num_classes != len(classes):
+        raise ValueError(f"transformer.model.num_classes={num_classes} but {where} has "
+                         f"{len(classes)} classes ({', '.join(classes[:5])}"
+                         f"{', ...' if len(classes) > 5 else ''}); set "
+                         f"--config.transformer.model.num_classes={len(classes)}.")
+    per_trial, test = int(config.eval.videos_per_trial), sizes.get("test", 0)
+    if evaluation and test < per_trial:
+        fewer = (f"--config.eval.videos_per_trial={test} (an FVD from so few videos is only "
+                 "a rough guide), or " if test >= 2 else "")
+        raise ValueError(
+            f"the test split of {where} has {test} videos, fewer than the evaluation's "
+            f"eval.videos_per_trial={per_trial}: add test videos (raise "
+            f"data.video_folder.test_fraction, or fill test/), or set {fewer}"
+            "--config.eval.in_pipeline=False to stop --mode=all after sampling.")
 
 
 def sample(config: Any, mesh: Mesh) -> None:

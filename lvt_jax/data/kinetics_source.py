@@ -19,12 +19,12 @@ alphabetically (over every split), so they do not depend on which splits are pre
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
+
+from lvt_jax.data import video_listing
 
 SPLIT_DIRS = {"train": ("train",), "validation": ("validate", "val", "validation"),
               "test": ("test",)}
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 ANNOTATION_SUBDIRS = ("", "annotations")
 
 
@@ -32,25 +32,8 @@ class KineticsSourceNotFoundError(FileNotFoundError):
     """The local Kinetics clips are missing; the message says where to put them."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Clip:
-    """One source clip: `path` relative to the source dir (None: listed but missing)."""
-
-    clip_id: str  # unique within the dataset, e.g. "train/abseiling/abc_000010_000020"
-    path: str | None
-    class_name: str | None  # None: unlabelled (e.g. an unlabelled test CSV)
-
-
-@dataclasses.dataclass(frozen=True)
-class KineticsSource:
-    root: str
-    layout: str  # "standard" | "flat"
-    clips: dict[str, list[Clip]]  # tfds split name -> clips, sorted by clip_id
-    class_names: list[str]  # sorted; the label of class_names[i] is i
-
-
-def _is_video(name: str) -> bool:
-    return name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith(".")
+Clip = video_listing.Clip
+KineticsSource = video_listing.ClipListing  # root, layout ("standard" | "flat"), clips, class_names
 
 
 def _missing_message(source_dir: str | None, detail: str) -> str:
@@ -106,7 +89,7 @@ def _standard_layout(root: str) -> dict[str, list[Clip]]:
                 if not entry.is_dir():
                     continue
                 for name in sorted(os.listdir(entry.path)):
-                    if _is_video(name):
+                    if video_listing.is_video_file(name):
                         rel = os.path.join(d, entry.name, name)
                         out.setdefault(split, []).append(Clip(
                             clip_id=os.path.splitext(rel)[0].replace(os.sep, "/"),
@@ -132,12 +115,10 @@ def clip_stem(youtube_id: str, start: str, end: str) -> str:
 
 def _flat_layout(root: str, csvs: dict[str, str]) -> dict[str, list[Clip]]:
     files: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if _is_video(name):
-                stem = os.path.splitext(name)[0]
-                files.setdefault(stem, os.path.relpath(os.path.join(dirpath, name), root))
+    for rel in video_listing.walk_files(root):
+        name = os.path.basename(rel)
+        if video_listing.is_video_file(name):
+            files.setdefault(os.path.splitext(name)[0], rel)
     out: dict[str, list[Clip]] = {}
     for split, path in csvs.items():
         with open(path, newline="") as f:

@@ -45,7 +45,7 @@ _SHUFFLE_STREAM = 0x5EED  # distinct SeedSequence streams for the shuffle and pe
 _SAMPLE_STREAM = 0x5A3
 _TRAIN_STEPS = 2**40  # "forever": a finite length keeps grain's index arithmetic simple
 
-DATASETS = ("synthetic_pushing", "bair", "kinetics600")
+DATASETS = ("synthetic_pushing", "bair", "kinetics600", "video_folder")
 KINDS = ("frames", "clips")
 # Per-pixel instance ids uint8 [T, H, W] (0 background, then one id per body), the ground
 # truth of object-centric metrics (FG-ARI). Not 'mask': eval batches already use that key
@@ -240,11 +240,32 @@ def _make_builder(data_cfg: Any):
             data_dir=data_dir,
             file_format="array_record",
         )
+    if name == "video_folder":
+        from lvt_jax.data import video_folder
+
+        vf = _cfg_get(data_cfg, "video_folder", {})
+        return video_folder.VideoFolder(
+            source_dir=_cfg_get(vf, "source_dir"),
+            num_workers=int(_cfg_get(vf, "num_workers", 0)),
+            clips_per_shard=int(_cfg_get(vf, "clips_per_shard", 64)),
+            config=video_folder.make_config(
+                _cfg_get(vf, "source_dir"),
+                size=int(_cfg_get(data_cfg, "image_size", 64)),
+                fps=_cfg_get(vf, "fps"),
+                min_frames=int(_cfg_get(vf, "min_frames", 16)),
+                max_frames=int(_cfg_get(vf, "max_frames", 0)) or None,
+                test_fraction=float(_cfg_get(vf, "test_fraction", 0.1)),
+                labels=bool(_cfg_get(vf, "labels", False)),
+            ),
+            data_dir=data_dir,
+            file_format="array_record",
+        )
     raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}.")
 
 
 def _prepare(builder: Any) -> None:
-    """Builds the dataset if it is not on disk yet: synthetic generates, BAIR converts.
+    """Builds the dataset if it is not on disk yet: synthetic generates, BAIR converts,
+    local videos (Kinetics, a video folder) are listed and decoded.
 
     Multi-host: process 0 prepares first (the others wait), then any process that still
     sees no data (a process-local data_dir) prepares its own copy.
@@ -258,10 +279,9 @@ def _prepare(builder: Any) -> None:
             from lvt_jax.data import bair
 
             bair.locate_source(builder.source_dir)  # fail in seconds if files are missing
-        if builder.name == "kinetics600":
-            from lvt_jax.data import kinetics_source
-
-            kinetics_source.locate_source(builder.source_dir)  # fails fast, naming paths
+        locate = getattr(builder, "locate", None)  # local videos: list them first
+        if locate is not None:
+            locate()  # fails fast, naming the paths, counts and fix
         logging.info("Preparing %s in %s (one-time).", builder.info.full_name, builder.data_dir)
         builder.download_and_prepare(
             file_format="array_record",
@@ -269,6 +289,9 @@ def _prepare(builder: Any) -> None:
         )
 
     if builder.is_prepared():
+        check = getattr(builder, "check_prepared", None)  # e.g. a source changed since
+        if check is not None:
+            check()
         return
     if jax.process_count() == 1:
         prepare_here()

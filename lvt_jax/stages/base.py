@@ -23,6 +23,11 @@ class Stage(abc.ABC):
         self.config = config
 
     @property
+    def config_section(self) -> str:
+        """The config section of this stage's settings (`model`, `train`, `init_from`)."""
+        return self.name
+
+    @property
     @abc.abstractmethod
     def train_cfg(self) -> Any:
         """ConfigDict with batch_size, num_steps, log_every, eval_every, checkpoint_every, keep."""

@@ -339,6 +339,30 @@ def write_checkpoint(stage, workdir: str, state, step: int, overwrite: bool) -> 
   return os.path.join(ckpt.directory, str(step))
 
 
+def reference_variables(config, name: str, spec: str, *,
+                        allow_missing_buffers: bool = False) -> Tuple[Any, Any, int]:
+  """A reference checkpoint of stage ``name`` -> ``(params, extra, step)`` for the model
+  ``config`` describes: what the import writes, and what fine-tuning with
+  ``--config.<name>.init_from=SPEC`` starts from (``lvt_jax.init_from``).
+
+  ``spec`` as ``--vqvae`` / ``--transformer``; ``extra`` holds the VQ-VAE's codebooks and
+  their EMA statistics (``{'vq': ...}``), ``{}`` for the transformer.
+  """
+  if name == 'vqvae':
+    parts, step = load_vqvae(spec)
+    d = config.data
+    n = int(config.vqvae.train.batch_size) * (int(d.image_size) // 4) ** 2
+    params, vq = vqvae_from_reference(parts['netE'], parts['netG'], parts['netC'],
+                                      config.vqvae.model, samples_per_update=n)
+    return params, {'vq': vq}, step
+  if name == 'transformer':
+    sd, step = load_transformer(spec)
+    return transformer_from_reference(sd, config.transformer.model,
+                                      allow_missing_buffers=allow_missing_buffers), {}, step
+  raise ImportToolError(f'the reference release has no {name!r} stage (only vqvae and '
+                        'transformer)')
+
+
 def import_checkpoints(config, workdir: str, *, vqvae: Optional[str] = None,
                        transformer: Optional[str] = None, overwrite: bool = False,
                        vqvae_step: Optional[int] = None,
@@ -359,21 +383,16 @@ def import_checkpoints(config, workdir: str, *, vqvae: Optional[str] = None,
   if vqvae:
     stage = _stage_for(config, 'vqvae')
     _refuse_existing(stage, workdir, overwrite)
-    parts, step = load_vqvae(vqvae)
-    d = config.data
-    n = int(config.vqvae.train.batch_size) * (int(d.image_size) // 4) ** 2
-    params, vq = vqvae_from_reference(parts['netE'], parts['netG'], parts['netC'],
-                                      config.vqvae.model, samples_per_update=n)
-    jobs.append((stage, params, {'vq': vq}, step if vqvae_step is None else int(vqvae_step)))
+    params, extra, step = reference_variables(config, 'vqvae', vqvae)
+    jobs.append((stage, params, extra, step if vqvae_step is None else int(vqvae_step)))
   if transformer:
     if 'transformer' not in config:
       raise ImportToolError('the config has no `transformer` section')
     stage = _stage_for(config, 'transformer')
     _refuse_existing(stage, workdir, overwrite)
-    sd, step = load_transformer(transformer)
-    params = transformer_from_reference(sd, config.transformer.model,
-                                        allow_missing_buffers=allow_missing_buffers)
-    jobs.append((stage, params, {}, step if transformer_step is None else int(transformer_step)))
+    params, extra, step = reference_variables(config, 'transformer', transformer,
+                                              allow_missing_buffers=allow_missing_buffers)
+    jobs.append((stage, params, extra, step if transformer_step is None else int(transformer_step)))
 
   states = [(stage, build_state(stage, params, extra, step), step)
             for stage, params, extra, step in jobs]
