@@ -143,6 +143,8 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         logvar_min=-10.0, logvar_max=4.0))
     c.hdr.autoencoder = ml_collections.ConfigDict()
     c.hdr.autoencoder.num_mask_ids = 5    # instance ids in the masks: table, gripper, 3 objects
+    # Fine-tuning: start from another run's weights (a workdir or one of its checkpoints).
+    c.hdr.autoencoder.init_from = config_dict.placeholder(str)
     c.hdr.autoencoder.train = ml_collections.ConfigDict(dict(
         batch_size=8, clip_length=6,   # clips of 6 frames (SAVi trains on 6)
         eval_clip_length=0,            # 0: data.clip_length (what stage 2 and sampling use)
@@ -161,6 +163,7 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     from lvt_jax.models.hdr.predictor import default_predictor_config
     c.hdr.predictor = ml_collections.ConfigDict()
     c.hdr.predictor.model = default_predictor_config()
+    c.hdr.predictor.init_from = config_dict.placeholder(str)
     c.hdr.predictor.train = ml_collections.ConfigDict(dict(
         batch_size=32, num_steps=2000, learning_rate=3e-4, warmup_steps=100,
         final_lr_fraction=0.05, grad_clip=1.0,

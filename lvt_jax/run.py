@@ -60,13 +60,14 @@ def encode(config: Any, workdir: str | None) -> dict:
 
 def train_hdr_autoencoder(config: Any, workdir: str | None) -> dict:
     """HDR stage 1: the hierarchical disentangled autoencoder -> WORKDIR/hdr_autoencoder/."""
-    from lvt_jax import trainer, validate_hdr
+    from lvt_jax import init_from, trainer, validate_hdr
     from lvt_jax.stages.hdr_autoencoder import HDRAutoencoderStage
     workdir = _need_workdir(workdir, "train_hdr_autoencoder")
     _require_system(config, "hdr", "train_hdr_autoencoder")
     mesh = shd.make_mesh(config.mesh)
     validate_hdr.autoencoder(config, mesh)
-    _, results = trainer.train(HDRAutoencoderStage(config), workdir, mesh)
+    stage = HDRAutoencoderStage(config)
+    _, results = trainer.train(stage, workdir, mesh, init=init_from.initializer(stage, workdir))
     log.info("hdr_autoencoder eval: %s", results)
     return results
 
@@ -89,13 +90,14 @@ def train_transformer(config: Any, workdir: str | None) -> dict:
 
 def train_hdr_predictor(config: Any, workdir: str | None) -> dict:
     """HDR stage 2: the latent predictor on WORKDIR/hdr_latents/ -> WORKDIR/hdr_predictor/."""
-    from lvt_jax import trainer, validate_hdr
+    from lvt_jax import init_from, trainer, validate_hdr
     from lvt_jax.stages.hdr_predictor import HDRPredictorStage
     workdir = _need_workdir(workdir, "train_hdr_predictor")
     _require_system(config, "hdr", "train_hdr_predictor")
     mesh = shd.make_mesh(config.mesh)
     validate_hdr.predictor(config, mesh)
-    _, results = trainer.train(HDRPredictorStage(config, workdir), workdir, mesh,
+    stage = HDRPredictorStage(config, workdir)
+    _, results = trainer.train(stage, workdir, mesh, init=init_from.initializer(stage, workdir),
                                periodic=_hdr_fvd_hook(config, workdir, mesh))
     log.info("hdr_predictor eval: %s", results)
     return results

@@ -75,6 +75,7 @@ def clip_data_config(data_cfg: Any, clip_length: int) -> ml_collections.ConfigDi
 class HDRAutoencoderStage(Stage):
     name = "hdr_autoencoder"
     unit = "frames"
+    config_section = "hdr.autoencoder"   # its settings (and init_from) live there
 
     def __init__(self, config: Any):
         super().__init__(config)

@@ -52,6 +52,7 @@ def split_batch(latents: jax.Array, layout: dict, n_prime: int) -> tuple[jax.Arr
 class HDRPredictorStage(Stage):
     name = "hdr_predictor"
     unit = "frames"
+    config_section = "hdr.predictor"   # its settings (and init_from) live there
 
     def __init__(self, config: Any, workdir: str | None = None):
         super().__init__(config)
