@@ -20,7 +20,7 @@ def get_config(arg: str | None = None):
 def shrink_hdr(c) -> None:
     """Seconds per stage: 2 object slots, narrow layers, 3-frame clips, 4 steps."""
     c.hdr.model.update(num_objects=2, slot_dim=16, mlp_dim=32, enc_channels=(8, 8, 16),
-                       iters_first=2, iters=1, static_dim=4, dynamic_dim=4, bg_channels=2,
+                       iters_first=2, iters=1, static_dim=4, dynamic_dim=6, bg_channels=2,
                        dec_channels=8)
     c.hdr.autoencoder.train.update(batch_size=8, clip_length=3, eval_clip_length=4,
                                    num_steps=4, warmup_steps=2, log_every=2, eval_every=0,

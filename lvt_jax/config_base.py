@@ -136,7 +136,7 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         enc_channels=(32, 32, 64),  # two stride-2 convs and one stride-1: H/4 x W/4 inputs
         iters_first=3, iters=1,    # slot-attention iterations on frame 0 / later frames
         static_dim=16,             # time-independent latent of an object slot
-        dynamic_dim=8,             # time-varying latent per slot per frame (first 2: position)
+        dynamic_dim=8,             # time-varying latent per slot per frame (first 4: position, scale)
         bg_channels=8,             # background's static map: bg_channels x H/4 x W/4
         dec_channels=32,
         bg_decoder="smooth",       # 'smooth' (low-pass, behind the objects) | 'conv'

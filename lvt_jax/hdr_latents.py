@@ -9,8 +9,8 @@ record holds F float32 numbers (`layout` says which, kept in metadata.json):
   background  [Cb]     the background's static map averaged over the pixels the background
                        slot sees (a summary: stage 2 conditions on it, the map itself is
                        recomputed from the priming frames when decoding).
-Videos are encoded in windows of `hdr.encode.window` frames with the slots carried from
-one window to the next, so any length compiles once (the same recurrence as one pass).
+Videos are encoded in windows of `hdr.encode.window` frames with the slots (and their
+reference frames) carried from one window to the next, so any length compiles once (the same recurrence as one pass).
 Shards, restart and multi-process rules are those of LVT's codes (lvt_jax.encode).
 """
 from __future__ import annotations
@@ -60,10 +60,10 @@ class VideoLatentEncoder:
         self.params = jax.device_put(params, replicated)
         self.code_shape = (1, 1, num_features(layout(model.config)))
 
-        def run(params, frames, slots, continued):
-            enc = model.apply({"params": params}, M.to_model_input(frames), slots,
+        def run(params, frames, state, continued):
+            enc = model.apply({"params": params}, M.to_model_input(frames), state,
                               continued, method="encode")
-            return frame_features(enc), enc["slots"][:, -1]
+            return frame_features(enc), enc["state"]
 
         self._first = jax.jit(lambda p, f: run(p, f, None, False),
                               in_shardings=(replicated, split), out_shardings=(split, split))

@@ -14,9 +14,9 @@ def model(config: Any) -> None:
         raise ValueError(f"hdr.model.num_objects={m.num_objects}: HDR needs at least one "
                          "object slot besides the background; set it to >= 1 (the demo "
                          "uses 4: gripper and up to 3 objects).")
-    if int(m.dynamic_dim) < 2:
-        raise ValueError(f"hdr.model.dynamic_dim={m.dynamic_dim}: its first two numbers are "
-                         "a slot's position; use >= 2.")
+    if int(m.dynamic_dim) < 5:
+        raise ValueError(f"hdr.model.dynamic_dim={m.dynamic_dim}: its first four numbers are "
+                         "a slot's position and scale; use >= 5.")
     for k in ("slot_dim", "mlp_dim", "static_dim", "bg_channels", "dec_channels",
               "iters_first", "iters"):
         if int(m[k]) < 1:

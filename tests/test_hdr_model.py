@@ -63,12 +63,12 @@ def test_static_latent_is_shared_by_every_frame(model_and_params):
 
 def test_permuting_object_slots_permutes_outputs(model_and_params):
     model, params, video = model_and_params
-    init = nn.unbox(params)["init_slots"]
-    S = init.shape[0]
-    init = jnp.broadcast_to(init, (video.shape[0],) + init.shape)
+    init = model.apply({"params": params}, video.shape[0], method="initial_state")
+    S = init["slots"].shape[1]
     perm = np.array([0] + list(range(S - 1, 0, -1)))   # background stays, objects reversed
-    frames, aux = model.apply({"params": params}, video, init_slots=init)
-    frames_p, aux_p = model.apply({"params": params}, video, init_slots=init[:, perm])
+    frames, aux = model.apply({"params": params}, video, init_state=init)
+    frames_p, aux_p = model.apply({"params": params}, video,
+                                  init_state={k: v[:, perm] for k, v in init.items()})
     np.testing.assert_allclose(frames_p, frames, atol=2e-5)
     np.testing.assert_allclose(aux_p["alphas"], aux["alphas"][:, :, perm], atol=2e-5)
     np.testing.assert_allclose(aux_p["enc"]["dyn_mu"], aux["enc"]["dyn_mu"][:, :, perm],

@@ -10,9 +10,9 @@ then carries two latents:
   frames (one per slot per clip): a vector of `static_dim` numbers for an object, a
   spatial map of `bg_channels` x (H/4) x (W/4) for the background (pooled per pixel over
   the frames where the background slot sees it);
-* a time-varying (dynamic) one per frame, `dynamic_dim` numbers, whose first two are the
-  slot's position (the centre of its attention), which the object renderer works
-  relative to.
+* a time-varying (dynamic) one per frame, `dynamic_dim` numbers, whose first four are
+  the slot's reference frame: its position (y, x) and log-scale (the centre and spread
+  of its attention), which the object renderer works relative to.
 
 Both are Gaussian posteriors (KL terms against N(0, 1) in stage 1). The decoder renders
 each slot to RGB + alpha and composites them with alphas normalised over the slots.
@@ -27,6 +27,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lvt_jax.models.hdr import latents as L
 from lvt_jax.models.hdr.decoder import BackgroundDecoder, ObjectDecoder, composite
@@ -34,7 +35,17 @@ from lvt_jax.models.hdr.encoder import FrameEncoder
 from lvt_jax.models.hdr.nets import MLP, dense, grid_coords
 from lvt_jax.models.hdr.slot_attention import SlotAttention, SlotPredictor
 
-POSITION_DIMS = 2  # the first dynamic numbers of every slot: (y, x) in [-1, 1]
+POSITION_DIMS = 2  # the first dynamic numbers of every slot: (y, x) in [-1, 1] ...
+FRAME_DIMS = 4     # ... then its log-scale (y, x): the slot's reference frame
+INIT_LOG_SCALE = float(np.log(0.4))  # object slots start broad, spread over the frame
+
+
+def initial_positions(num_objects: int) -> np.ndarray:
+    """float32 [K, 2]: the object slots' starting positions, a grid over the frame."""
+    n = int(np.ceil(np.sqrt(num_objects)))
+    ticks = (np.arange(n) + 0.5) / n * 2 - 1
+    grid = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
+    return grid[:num_objects].astype(np.float32)
 
 
 class HDRAutoencoder(nn.Module):
@@ -60,16 +71,25 @@ class HDRAutoencoder(nn.Module):
                                                     str(c.get("bg_decoder", "smooth")))
 
     # --- inference -------------------------------------------------------------------
-    def encode(self, video: jax.Array, init_slots: jax.Array | None = None,
+    def initial_state(self, batch: int) -> dict:
+        """The learned initial slots, object slots spread over the frame (broad scale)."""
+        K = self.num_slots - 1
+        pos = np.concatenate([np.zeros((1, 2), np.float32), initial_positions(K)])
+        return dict(slots=jnp.broadcast_to(self.init_slots, (batch,) + self.init_slots.shape),
+                    pos=jnp.broadcast_to(pos, (batch, self.num_slots, 2)),
+                    log_scale=jnp.full((batch, self.num_slots, 2), INIT_LOG_SCALE))
+
+    def encode(self, video: jax.Array, init_state: dict | None = None,
                continued: bool = False) -> dict:
         """Per-frame posterior statistics of a clip (nothing pooled yet).
 
         Returns slots [B,T,S,D], attn [B,T,S,N], dyn_mu / dyn_logvar [B,T,S,Dd],
         obj_mu / obj_logvar [B,T,K,Ds] (per-frame static estimates), bg_mu / bg_logvar
-        [B,T,h,w,Cb] and bg_weight [B,T,h,w,1] (how much the background slot sees there).
-        `init_slots` [B, S, D] replaces the learned initial slots (tests, analysis); with
-        `continued`, they are the last slots of the previous frames (a long video encoded
-        window by window), and the clip's first frame is treated as a later frame.
+        [B,T,h,w,Cb], bg_weight [B,T,h,w,1] (how much the background slot sees there) and
+        `state`, the last frame's {slots, pos, log_scale}. `init_state` (same keys, [B, S,
+        ...]) replaces `initial_state` (tests, analysis); with `continued` it is the state
+        after the previous frames (a long video encoded window by window), and the clip's
+        first frame is treated as a later frame.
         """
         c = self.config
         chex.assert_rank(video, 5)
@@ -77,31 +97,36 @@ class HDRAutoencoder(nn.Module):
         feats = self.encoder(video.reshape(B * T, H, W, 3))
         h, w, D = feats.shape[1:]
         feats = feats.reshape(B, T, h * w, D)
-        slots = (jnp.broadcast_to(self.init_slots, (B,) + self.init_slots.shape)
-                 if init_slots is None else init_slots)
+        coords = grid_coords(h, w).reshape(h * w, 2)
+        local = np.asarray([0.0] + [1.0] * (self.num_slots - 1), np.float32)
+        state = self.initial_state(B) if init_state is None else init_state
+        slots, frames = state["slots"], (state["pos"], state["log_scale"])
         chex.assert_shape(slots, (B, self.num_slots, int(c.slot_dim)))
-        all_slots, all_attn = [], []
+        all_slots, all_attn, all_pos, all_scale = [], [], [], []
         for t in range(T):  # the recurrence: frame t starts from frame t-1's slots
             first = t == 0 and not continued
             if not first:
                 slots = self.slot_predictor(slots)
-            slots, attn = self.slot_attention(
-                slots, feats[:, t], int(c.iters_first if first else c.iters))
+            slots, attn, frames = self.slot_attention(
+                slots, feats[:, t], int(c.iters_first if first else c.iters), frames,
+                coords, local)
             all_slots.append(slots)
             all_attn.append(attn)
+            all_pos.append(frames[0])
+            all_scale.append(frames[1])
         slots, attn = jnp.stack(all_slots, 1), jnp.stack(all_attn, 1)
         lo, hi = float(c.logvar_min), float(c.logvar_max)
         dyn_mu, dyn_logvar = L.split_gaussian(self.dynamic_head(slots), lo, hi)
-        # Position: the centre of the slot's attention (weights normalised over inputs).
-        wts = attn / (jnp.sum(attn, -1, keepdims=True) + 1e-8)
-        centre = jnp.einsum("btsn,nc->btsc", wts, grid_coords(h, w).reshape(h * w, 2))
-        dyn_mu = jnp.concatenate([centre, dyn_mu[..., POSITION_DIMS:]], -1)
+        # The reference frame: the centre and spread of the slot's attention.
+        ref = jnp.concatenate([jnp.stack(all_pos, 1), jnp.stack(all_scale, 1)], -1)
+        dyn_mu = jnp.concatenate([ref, dyn_mu[..., FRAME_DIMS:]], -1)
         obj_mu, obj_logvar = L.split_gaussian(self.static_head(slots[:, :, 1:]), lo, hi)
         bg_mu, bg_logvar = L.split_gaussian(
             self.bg_head(feats.reshape(B, T, h, w, D)), lo, hi)
         return dict(slots=slots, attn=attn, dyn_mu=dyn_mu, dyn_logvar=dyn_logvar,
                     obj_mu=obj_mu, obj_logvar=obj_logvar, bg_mu=bg_mu, bg_logvar=bg_logvar,
-                    bg_weight=attn[:, :, 0].reshape(B, T, h, w, 1))
+                    bg_weight=attn[:, :, 0].reshape(B, T, h, w, 1),
+                    state=dict(slots=slots[:, -1], pos=frames[0], log_scale=frames[1]))
 
     def static_posterior(self, enc: dict, length: jax.Array) -> dict:
         """Pools the per-frame static estimates over each clip's first `length` frames:
@@ -124,8 +149,9 @@ class HDRAutoencoder(nn.Module):
         chex.assert_shape(obj_static, (B, K, None))
         obj_z = jnp.concatenate([jnp.broadcast_to(obj_static[:, None], (B, T, K, obj_static.shape[-1])),
                                  dynamic[:, :, 1:]], -1)
-        obj_rgb, obj_alpha = self.object_decoder(
-            obj_z.reshape(B * T * K, -1), dynamic[:, :, 1:, :POSITION_DIMS].reshape(B * T * K, 2))
+        ref = dynamic[:, :, 1:, :FRAME_DIMS].reshape(B * T * K, FRAME_DIMS)
+        obj_rgb, obj_alpha = self.object_decoder(obj_z.reshape(B * T * K, -1),
+                                                 ref[:, :POSITION_DIMS], ref[:, POSITION_DIMS:])
         bg_map = jnp.broadcast_to(bg_static[:, None], (B, T) + bg_static.shape[1:])
         bg_rgb, bg_alpha = self.background_decoder(
             bg_map.reshape((B * T,) + bg_static.shape[1:]), dynamic[:, :, 0].reshape(B * T, Dd))
@@ -139,13 +165,13 @@ class HDRAutoencoder(nn.Module):
 
     # --- the whole autoencoder ---------------------------------------------------------
     def __call__(self, video: jax.Array, *, rng: jax.Array | None = None,
-                 length: jax.Array | None = None, init_slots: jax.Array | None = None
+                 length: jax.Array | None = None, init_state: dict | None = None
                  ) -> tuple[jax.Array, dict]:
         """Reconstructs a clip. With `rng` the latents are sampled from their posteriors
         (training), else their means are used. `length` [B]: frames the static latents
         pool over (default: all)."""
         B, T = video.shape[:2]
-        enc = self.encode(video, init_slots)
+        enc = self.encode(video, init_state)
         length = jnp.full((B,), T, jnp.int32) if length is None else length
         post = self.static_posterior(enc, length)
         if rng is None:

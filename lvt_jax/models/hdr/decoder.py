@@ -5,9 +5,9 @@ normalised over the slots (a softmax per pixel), so they sum to 1 at every pixel
 frame is the alpha-weighted sum of the layers.
 
 Object slots use a spatial-broadcast decoder whose coordinate grid is taken *relative to
-the slot's position* (the first two numbers of its time-varying latent, initialised from
-the centre of its attention): a slot's appearance is rendered in its own frame of
-reference, and moving it is a change of two numbers. This is what lets the
+the slot's reference frame* (position and scale, the first four numbers of its
+time-varying latent, from the centre and spread of its attention): a slot's appearance is
+rendered in its own frame of reference, and moving it is a change of two numbers. This is what lets the
 time-independent latent carry appearance and the small time-varying one carry motion.
 The background is rendered from its static spatial map (a textured table does not fit in
 a vector) plus its time-varying latent broadcast over the map.
@@ -31,15 +31,18 @@ def _upsample_to_rgba(x: jax.Array, channels: int) -> jax.Array:
 
 
 class ObjectDecoder(nn.Module):
-    """(latent [N, Dz], position [N, 2]) -> (rgb [N, H, W, 3], alpha logit [N, H, W])."""
+    """(latent [N, Dz], position [N, 2], log-scale [N, 2]) -> (rgb [N, H, W, 3], alpha
+    logit [N, H, W])."""
     channels: int = 32
     grid: int = 16            # broadcast resolution (the output is 4x larger)
 
     @nn.compact
-    def __call__(self, z: jax.Array, pos: jax.Array) -> tuple[jax.Array, jax.Array]:
-        chex.assert_rank([z, pos], 2)
+    def __call__(self, z: jax.Array, pos: jax.Array, log_scale: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+        chex.assert_rank([z, pos, log_scale], 2)
         g = self.grid
-        rel = grid_coords(g, g)[None] - pos[:, None, None, :]          # [N, g, g, 2]
+        scale = jnp.exp(jnp.clip(log_scale, -4.0, 1.0))[:, None, None, :]
+        rel = (grid_coords(g, g)[None] - pos[:, None, None, :]) / scale   # [N, g, g, 2]
         h = dense(self.channels, "latent", axes=("latent", "embed"))(z)[:, None, None, :]
         h = h + dense(self.channels, "pos", axes=("pos", "embed"))(rel)
         h = nn.relu(h)
