@@ -155,7 +155,7 @@ def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None, cod
     parent, name = os.path.split(os.path.abspath(out_dir))
     for old in os.listdir(parent) if os.path.isdir(parent) else []:
         if re.fullmatch(re.escape(name) + r"\.(tmp|old)-\d+", old):  # an interrupted run's
-            shutil.rmtree(os.path.join(parent, old), ignore_errors=True)
+            _retire(os.path.join(parent, old), os.path.join(parent, name))
     staging = os.path.join(parent, f"{name}.tmp-{os.getpid()}")
     os.makedirs(staging)
     for i, v in enumerate(videos):
@@ -175,20 +175,27 @@ def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None, cod
 
 
 def _replace_folder(new: str, dest: str) -> None:
-    """Puts folder `new` at `dest`; the previous `dest` is deleted when it holds only what
-    this mode writes, else kept beside it under a dated name (nothing of the user's is lost)."""
+    """Puts folder `new` at `dest`, retiring the previous `dest`."""
     if not os.path.exists(dest):
         os.rename(new, dest)
         return
-    foreign = sorted(n for n in os.listdir(dest) if not OUTPUT_NAME.fullmatch(n))
     old = f"{dest}.old-{os.getpid()}"
     os.rename(dest, old)
     os.rename(new, dest)
+    _retire(old, dest)
+
+
+def _retire(folder: str, dest: str) -> None:
+    """Deletes a previous samples folder holding only what this mode writes; one holding
+    anything else is kept beside `dest` under a dated name (nothing of the user's is lost)."""
+    foreign = sorted(n for n in os.listdir(folder) if not OUTPUT_NAME.fullmatch(n))
     if not foreign:
-        shutil.rmtree(old)
+        shutil.rmtree(folder, ignore_errors=True)
         return
     kept = f"{dest}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(old, kept)
+    while os.path.exists(kept):
+        kept += "_"
+    os.rename(folder, kept)
     log.warning("sample: %s held files --mode=sample does not write (%s); that folder was "
                 "kept as %s, the new samples are in %s.", dest, ", ".join(foreign[:5]), kept,
                 dest)

@@ -141,6 +141,17 @@ def test_each_run_replaces_the_previous_samples_and_keeps_foreign_files(tmp_path
     assert "sample_0000.mp4" in os.listdir(tmp_path / kept[0])
     assert json.load(open(os.path.join(out, "samples.json")))["num_videos"] == 2
     assert "notes.txt" not in os.listdir(out)
+    # an interrupted run's leftovers: its staging folder goes, a user's file is kept
+    shutil.rmtree(tmp_path / kept[0])
+    for leftover, names in (("samples.tmp-11", ["grid.png"]),
+                            ("samples.old-12", ["grid.png", "mine.txt"])):
+        (tmp_path / leftover).mkdir()
+        for n in names:
+            (tmp_path / leftover / n).write_text("x")
+    sample_mode.write_outputs(out, videos[:1], None, codes[:1], dict(num_videos=1), fps=4)
+    left = sorted(os.listdir(tmp_path))
+    assert left[0] == "samples" and len(left) == 2 and left[1].startswith("samples.previous-")
+    assert sorted(os.listdir(tmp_path / left[1])) == ["grid.png", "mine.txt"]
 
 
 def test_bad_sample_settings_fail_before_any_work(pipeline_run, tmp_path, monkeypatch):
