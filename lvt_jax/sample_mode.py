@@ -8,13 +8,19 @@ and centre-cropped like the datasets). Writes WORKDIR/samples/:
   grid.png                 per video: a row of real frames (when there are), then the
                            row generated from them
   samples.npz, samples.json  the frames and codes, and the settings that made them
+                           (for a user's video: the frames, frame rate and crop used)
 
+Each run writes a fresh, complete set: the files go to a staging folder that then
+replaces WORKDIR/samples/ whole, so no sample of an earlier run is left beside the new
+ones (a previous folder holding files this mode does not write is kept, renamed).
 A progress bar counts slices generated (the sampler reports from inside its compiled loop).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import time
 from typing import Any
 
@@ -55,20 +61,37 @@ class SliceProgress:
             self.bar.close()
 
 
-def priming_videos(config: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _too_few_frames(prime: str, info: dict, n_prime: int) -> ValueError:
+    have = int(info["frames_read"])
+    if info["kind"] == "image":
+        return ValueError(f"sample.prime={prime!r} is a single image: one priming frame, but "
+                          f"sample.n_prime={n_prime}. Pass --config.sample.n_prime=1, or a "
+                          f"video / folder of at least {n_prime} images.")
+    return ValueError(f"sample.prime={prime!r} has {have} frame(s), sample.n_prime={n_prime} "
+                      f"are needed: pass a longer {info['kind']} or "
+                      f"--config.sample.n_prime={have}.")
+
+
+def priming_videos(config: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None,
+                                         dict]:
     """(priming frames [N, n_prime, H, W, 3], real clips [N, T, H, W, 3] or None, class
-    ids [N] or None)."""
+    ids [N] or None, where the priming frames come from (for samples.json)).
+
+    A user's video is decoded only up to the clip length T: n_prime frames prime the
+    model, the first T (when there are) are shown as the real row of the grid.
+    """
     s = config.sample
     size = int(config.data.image_size)
     T = int(config.transformer.model.clip_shape[0])
+    n_prime = int(s.n_prime)
     if s.prime:
-        frames = media.read_frames(s.prime, size)
-        if len(frames) < s.n_prime:
-            raise ValueError(f"sample.prime={s.prime!r} has {len(frames)} frame(s); "
-                             f"sample.n_prime={s.n_prime} are needed.")
+        frames, info = media.read_prime(s.prime, size, max_frames=T)
+        if len(frames) < n_prime:
+            raise _too_few_frames(s.prime, info, n_prime)
         real = frames[:T][None] if len(frames) >= T else None
         labels = None if int(s.label) < 0 else np.asarray([int(s.label)], np.int32)
-        return frames[None, :s.n_prime], real, labels
+        source = dict(path=s.prime, frames_used=[0, n_prime], **info)
+        return frames[None, :n_prime], real, labels, source
     from lvt_jax.data import pipeline
     videos = pipeline.load_videos(config.data, "test")
     stop = min(len(videos), int(s.first_video) + int(s.num_videos))
@@ -78,7 +101,9 @@ def priming_videos(config: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
     real = np.stack([np.asarray(videos[i])[:T] for i in range(int(s.first_video), stop)])
     labels = getattr(videos, "labels", None)
     labels = None if labels is None else np.asarray(labels[int(s.first_video):stop], np.int32)
-    return real[:, :s.n_prime], real, labels
+    source = dict(kind="test split", dataset=str(config.data.name),
+                  videos=[int(s.first_video), stop], frames_used=[0, n_prime])
+    return real[:, :n_prime], real, labels, source
 
 
 def run(config: Any, workdir: str) -> dict:
@@ -86,7 +111,7 @@ def run(config: Any, workdir: str) -> dict:
     s = config.sample
     out_dir = os.path.join(workdir, "samples")
     mesh = shd.make_mesh(config.mesh)
-    prime, real, labels = priming_videos(config)  # fails on bad input before any compile
+    prime, real, labels, source = priming_videos(config)  # bad input fails before compiling
     gen = Generator.from_workdir(config, workdir, mesh)
     n = len(prime)
     progress = SliceProgress(gen.num_batches(n) * gen.slices_per_clip(),
@@ -110,7 +135,7 @@ def run(config: Any, workdir: str) -> dict:
                 n_prime=gen.n_prime, num_frames=gen.num_frames, sampler=gen.sampler,
                 temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
                 seed=int(s.seed), prime=s.prime or "test split", first_video=int(s.first_video),
-                checkpoints=getattr(gen, "steps", {}))
+                prime_source=source, checkpoints=getattr(gen, "steps", {}))
     if jax.process_index() == 0:
         write_outputs(out_dir, videos, real, codes, info, fps=float(s.fps))
     log.info("sample: %d videos in %.1fs (%.2fs per video) -> %s", n, seconds, seconds / n,
@@ -118,21 +143,59 @@ def run(config: Any, workdir: str) -> dict:
     return info
 
 
+# Everything --mode=sample writes into WORKDIR/samples/ (and its temporary names).
+OUTPUT_NAME = re.compile(r"(sample_\d{4,}(\.tmp-\d+)?\.(mp4|gif)|grid(\.tmp-\d+)?\.png|"
+                         r"samples(\.tmp)?\.npz|samples\.json(\.tmp)?)")
+
+
 def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None, codes: np.ndarray,
                   info: dict, fps: float) -> None:
+    """Writes the complete set into a staging folder, then swaps it in for `out_dir`."""
     from lvt_jax.trainer import write_json
-    os.makedirs(out_dir, exist_ok=True)
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    for old in os.listdir(parent) if os.path.isdir(parent) else []:
+        if re.fullmatch(re.escape(name) + r"\.(tmp|old)-\d+", old):  # an interrupted run's
+            _retire(os.path.join(parent, old), os.path.join(parent, name))
+    staging = os.path.join(parent, f"{name}.tmp-{os.getpid()}")
+    os.makedirs(staging)
     for i, v in enumerate(videos):
-        media.write_mp4(os.path.join(out_dir, f"sample_{i:04d}.mp4"), v, fps)
-        media.write_gif(os.path.join(out_dir, f"sample_{i:04d}.gif"), v, fps)
+        media.write_mp4(os.path.join(staging, f"sample_{i:04d}.mp4"), v, fps)
+        media.write_gif(os.path.join(staging, f"sample_{i:04d}.gif"), v, fps)
     rows = []
     for i, v in enumerate(videos):
         if real is not None:
             rows.append(real[i][:len(v)])
         rows.append(v)
-    media.write_png(os.path.join(out_dir, "grid.png"), metrics.image_grid(rows))
-    tmp = os.path.join(out_dir, "samples.tmp.npz")
-    np.savez_compressed(tmp, videos=videos, codes=codes.astype(np.int16),
-                        **({} if real is None else {"real": real}))
-    os.replace(tmp, os.path.join(out_dir, "samples.npz"))
-    write_json(os.path.join(out_dir, "samples.json"), info)
+    media.write_png(os.path.join(staging, "grid.png"), metrics.image_grid(rows))
+    np.savez_compressed(os.path.join(staging, "samples.npz"), videos=videos,
+                        codes=codes.astype(np.int16), **({} if real is None else {"real": real}))
+    write_json(os.path.join(staging, "samples.json"),
+               dict(info, files=sorted(os.listdir(staging))))
+    _replace_folder(staging, os.path.join(parent, name))
+
+
+def _replace_folder(new: str, dest: str) -> None:
+    """Puts folder `new` at `dest`, retiring the previous `dest`."""
+    if not os.path.exists(dest):
+        os.rename(new, dest)
+        return
+    old = f"{dest}.old-{os.getpid()}"
+    os.rename(dest, old)
+    os.rename(new, dest)
+    _retire(old, dest)
+
+
+def _retire(folder: str, dest: str) -> None:
+    """Deletes a previous samples folder holding only what this mode writes; one holding
+    anything else is kept beside `dest` under a dated name (nothing of the user's is lost)."""
+    foreign = sorted(n for n in os.listdir(folder) if not OUTPUT_NAME.fullmatch(n))
+    if not foreign:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    kept = f"{dest}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    while os.path.exists(kept):
+        kept += "_"
+    os.rename(folder, kept)
+    log.warning("sample: %s held files --mode=sample does not write (%s); that folder was "
+                "kept as %s, the new samples are in %s.", dest, ", ".join(foreign[:5]), kept,
+                dest)

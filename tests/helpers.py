@@ -34,3 +34,26 @@ def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
 
 
 SHARED_DATA = os.environ.get("LVT_TEST_DATA_DIR")
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (`with CompileCounter() as c: ...; c.names`).
+
+    The behaviour behind "fails before any compile": a bad setting must raise before JAX
+    compiles anything, whatever the machine's speed."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def _listener(self, event, duration_secs, **kwargs):
+        if event == self.EVENT:
+            self.names.append(str(kwargs.get("fun_name", "?")))
+
+    def __enter__(self) -> "CompileCounter":
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)

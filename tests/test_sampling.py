@@ -15,13 +15,12 @@ from lvt_jax.sampling.lvt import cached as cached_lib
 from lvt_jax.sampling import controls as ctl_lib
 from lvt_jax.sampling.lvt import sampler as sampler_lib
 from configs import bair
+from tests.helpers import CompileCounter
 
 VARIANTS = {"dsfvt": "tiny", "dstsvt": "dstsvt,tiny"}
 
 
-@functools.lru_cache(maxsize=None)
-def _model(variant: str):
-    """Tiny model with random weights; relative biases made non-zero so they matter."""
+def _config(variant: str, num_classes: int = 0):
     cfg = bair.get_config(VARIANTS[variant])
     # 8x8 latent frames keep the loops short; blocks smaller than a slice exercise the
     # block-local attention masks of the cache.
@@ -29,8 +28,14 @@ def _model(variant: str):
     # cached sampler reads both layouts.
     cfg.transformer.model.update(clip_shape=(4, 8, 8),
                                  block_shape=(1, 4, 4) if variant == "dsfvt" else (2, 2, 2),
-                                 scan_layers=variant == "dstsvt")
-    model = build_model(cfg.transformer.model)
+                                 scan_layers=variant == "dstsvt", num_classes=num_classes)
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _model(variant: str, num_classes: int = 0):
+    """Tiny model with random weights; relative biases made non-zero so they matter."""
+    model = build_model(_config(variant, num_classes).transformer.model)
     params = nn.meta.unbox(init_variables(model, jax.random.key(0)))["params"]
     rng = np.random.default_rng(1)
 
@@ -47,18 +52,20 @@ def _clips(model, batch: int, seed: int = 1) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _sample_fn(variant: str, sampler: str, n_prime: int = 1):
-    model, _ = _model(variant)
-    return jax.jit(lambda params, codes, keys, ctl: sampler_lib.sample_codes(
-        model, params, codes, keys, ctl, n_prime=n_prime, sampler=sampler))
+def _sample_fn(variant: str, sampler: str, n_prime: int = 1, num_classes: int = 0):
+    model, _ = _model(variant, num_classes)
+    return jax.jit(lambda params, codes, keys, ctl, labels: sampler_lib.sample_codes(
+        model, params, codes, keys, ctl, n_prime=n_prime, sampler=sampler, labels=labels))
 
 
-def _sample(variant, sampler, codes, seed=5, indices=None, n_prime=1, **controls):
-    _, params = _model(variant)
+def _sample(variant, sampler, codes, seed=5, indices=None, n_prime=1, labels=None,
+            num_classes=0, **controls):
+    _, params = _model(variant, num_classes)
     idx = np.arange(codes.shape[0]) if indices is None else np.asarray(indices)
     keys = sampler_lib.keys_for_videos(jax.random.key(seed), idx)
-    out = _sample_fn(variant, sampler, n_prime)(params, codes, keys,
-                                                ctl_lib.make_controls(**controls))
+    labels = None if labels is None else jnp.asarray(labels, jnp.int32)
+    out = _sample_fn(variant, sampler, n_prime, num_classes)(
+        params, codes, keys, ctl_lib.make_controls(**controls), labels)
     return np.asarray(out)
 
 
@@ -95,19 +102,77 @@ def test_cached_decoder_step_equals_teacher_forced_decoder(variant):
     np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.abs(want).max()), rtol=0)
 
 
+# Several priming frames: DSFVT skips the slices of frames 0-1; DSTSVT (time stride 2)
+# skips the slices of frames {0, 2} and keeps frame 1 inside the generated slices.
+N_PRIME = {"dsfvt": 2, "dstsvt": 3}
+CONTROLS = [dict(), dict(temperature=0.7, top_k=5, top_p=0.9), dict(temperature=1.5, top_p=0.6),
+            dict(temperature=0.0)]
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_cached_and_naive_samplers_draw_identical_codes(variant):
+    """Under every control setting, with several priming frames; the controls are traced,
+    so changing them reuses the one compiled sampler."""
     model, _ = _model(variant)
     c = model.config
     codes = _clips(model, 2)
-    cached = _sample(variant, "cached", codes)
-    naive = _sample(variant, "naive", codes)
-    np.testing.assert_array_equal(cached, naive)
-    # priming frame kept, everything else generated (and valid codes)
-    np.testing.assert_array_equal(cached[:, 0], np.asarray(codes)[:, 0])
+    n = N_PRIME[variant]
+    samples = []
+    for i, controls in enumerate(CONTROLS):
+        with CompileCounter() as compiled:
+            cached = _sample(variant, "cached", codes, n_prime=n, **controls)
+            naive = _sample(variant, "naive", codes, n_prime=n, **controls)
+        np.testing.assert_array_equal(cached, naive, err_msg=str(controls))
+        assert i == 0 or compiled.names == [], (controls, compiled.names)  # no recompile
+        samples.append(cached)
+    for a, b in zip(samples, samples[1:]):
+        assert not np.array_equal(a, b)  # and the controls act
+    cached = samples[0]
+    # priming frames kept, everything else generated (and valid codes)
+    np.testing.assert_array_equal(cached[:, :n], np.asarray(codes)[:, :n])
     assert cached.min() >= 0 and cached.max() < c.vocab_size
-    assert (cached[:, 1:] != np.asarray(codes)[:, 1:]).mean() > 0.5
-    assert not np.array_equal(cached[0, 1:], cached[1, 1:])  # videos differ
+    assert (cached[:, n:] != np.asarray(codes)[:, n:]).mean() > 0.5
+    assert not np.array_equal(cached[0, n:], cached[1, n:])  # videos differ
+
+
+def test_class_conditional_samples_follow_each_videos_label():
+    model, params = _model("dsfvt", 2)
+    codes = _clips(model, 2)
+    cached = _sample("dsfvt", "cached", codes, labels=[0, 1], num_classes=2)
+    naive = _sample("dsfvt", "naive", codes, labels=[0, 1], num_classes=2)
+    np.testing.assert_array_equal(cached, naive)
+    # video 0 keeps its label: same sample; video 1's label changes: its sample changes
+    other = _sample("dsfvt", "cached", codes, labels=[0, 0], num_classes=2)
+    np.testing.assert_array_equal(other[0], cached[0])
+    assert (other[1, 1:] != cached[1, 1:]).mean() > 0.1
+    keys = sampler_lib.keys_for_videos(jax.random.key(5), np.arange(2))
+    with pytest.raises(ValueError, match="class-conditional"):  # while tracing: no compile
+        jax.eval_shape(lambda p, x: sampler_lib.sample_codes(
+            model, p, x, keys, ctl_lib.make_controls(), n_prime=1), params, codes)
+
+
+def test_generator_passes_each_videos_label_to_the_sampler():
+    """Generator.sample_codes (batch padded to 8, split over 8 devices) with labels draws
+    what the sampler draws for each video alone; without labels it says how to give them."""
+    from lvt_jax.generate import Generator
+    from lvt_jax.stages.vqvae import VQVAEStage
+    cfg = _config("dsfvt", 2)
+    model, params = _model("dsfvt", 2)
+    vq = nn.unbox(jax.eval_shape(VQVAEStage(cfg).init,
+                                 jax.random.key_data(jax.random.key(0))))
+    zeros = lambda tree: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
+    gen = Generator(cfg, {"params": zeros(vq.params), **zeros(vq.extra)}, params,
+                    shd.make_mesh(cfg.mesh))
+    codes = np.asarray(_clips(model, 3, seed=2))
+    labels = np.array([1, 0, 1], np.int32)
+    got = gen.sample_codes(codes, jax.random.key(5), first_index=4, labels=labels)
+    given = np.zeros_like(codes)
+    given[:, :1] = codes[:, :1]
+    want = _sample("dsfvt", "cached", jnp.asarray(given), indices=[4, 5, 6], labels=labels,
+                   num_classes=2)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="--config.sample.label"):
+        gen.sample_codes(codes, jax.random.key(5))
 
 
 def test_zero_temperature_limit_and_top_k_1_are_the_greedy_decode():
@@ -167,7 +232,7 @@ def test_sharded_sampling_equals_single_device():
     keys = jax.device_put(sampler_lib.keys_for_videos(jax.random.key(5), np.arange(8)), data)
     got = _sample_fn("dsfvt", "cached")(jax.device_put(params, NamedSharding(mesh, P())),
                                          jax.device_put(codes, data), keys,
-                                         ctl_lib.make_controls())
+                                         ctl_lib.make_controls(), None)
     assert len(got.sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(got), want)
 

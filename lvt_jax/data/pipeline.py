@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import logging
 import math
 import os
 import queue
@@ -200,6 +199,9 @@ def _cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
 
 def _make_builder(data_cfg: Any):
     """The tfds builder named by data_cfg.name (imported lazily: tfds is slow to import)."""
+    from lvt_jax.data import tfds_quiet
+
+    tfds_quiet.install_log_filter()
     name = _cfg_get(data_cfg, "name")
     data_dir = _cfg_get(data_cfg, "data_dir")
     if data_dir is not None:
@@ -270,7 +272,7 @@ def _prepare(builder: Any) -> None:
     Multi-host: process 0 prepares first (the others wait), then any process that still
     sees no data (a process-local data_dir) prepares its own copy.
     """
-    import tensorflow_datasets as tfds
+    from lvt_jax.data import tfds_quiet
 
     def prepare_here() -> None:
         if builder.is_prepared():
@@ -282,11 +284,7 @@ def _prepare(builder: Any) -> None:
         locate = getattr(builder, "locate", None)  # local videos: list them first
         if locate is not None:
             locate()  # fails fast, naming the paths, counts and fix
-        logging.info("Preparing %s in %s (one-time).", builder.info.full_name, builder.data_dir)
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
+        tfds_quiet.download_and_prepare(builder)
 
     if builder.is_prepared():
         check = getattr(builder, "check_prepared", None)  # e.g. a source changed since

@@ -37,6 +37,12 @@ class ClipError(Exception):
         self.reason = reason
 
 
+def crop_box(width: int, height: int) -> tuple[int, int, int]:
+    """(left, top, side) of the central square of a width x height picture."""
+    side = min(int(width), int(height))
+    return (int(width) - side) // 2, (int(height) - side) // 2, side
+
+
 def center_crop_resize(image, size: int) -> np.ndarray:
     """PIL image of any shape -> uint8 [size, size, 3]: the central square, Lanczos-resized.
 
@@ -45,9 +51,7 @@ def center_crop_resize(image, size: int) -> np.ndarray:
     """
     from PIL import Image
 
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+    left, top, side = crop_box(*image.size)
     square = image.convert("RGB").crop((left, top, left + side, top + side))
     if side != size:
         square = square.resize((size, size), resample=Image.Resampling.LANCZOS)
@@ -74,34 +78,72 @@ def resample_indices(times: np.ndarray, target_fps: float) -> np.ndarray:
     return order[np.maximum(pos, 0)]
 
 
+def _open(path: str):
+    import av
+    try:
+        return av.open(path)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise ClipError("decode_error", f"cannot open: {e}") from None
+
+
+def _header(container) -> tuple[object, dict]:
+    """(the first video stream, its header: width, height, fps and declared frame count,
+    0 when unknown)."""
+    if not container.streams.video:
+        raise ClipError("decode_error", "no video stream")
+    stream = container.streams.video[0]
+    rate = float(stream.average_rate) if stream.average_rate else 0.0
+    return stream, dict(width=int(stream.codec_context.width),
+                        height=int(stream.codec_context.height), fps=rate,
+                        frames=int(stream.frames or 0))
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """A video file's header, nothing decoded (see `_header`). Raises ClipError."""
+    with _open(os.fspath(path)) as container:
+        return _header(container)[1]
+
+
+def _enough(times: list[float], max_frames: int | None, target_fps: float | None) -> bool:
+    """Whether the frames decoded so far give `max_frames` output frames."""
+    if max_frames is None:
+        return False
+    if target_fps is None:
+        return len(times) >= max_frames
+    span = times[-1] - times[0]
+    return not math.isnan(span) and span >= (max_frames - 1) / float(target_fps)
+
+
 def decode_clip(path: str | os.PathLike, size: int = 64, *, target_fps: float | None = None,
-                min_frames: int = 16, threads: int = 1) -> tuple[np.ndarray, float]:
+                min_frames: int = 16, threads: int = 1,
+                max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """Decodes a video file -> (uint8 frames [T, size, size, 3], frame rate of the frames).
 
     target_fps None keeps every frame at the native rate (the paper's setting). Raises
     ClipError('decode_error' | 'truncated' | 'too_short') for unusable clips.
+    `max_frames`: decode only the start of the video, up to that many output frames (a
+    priming video needs a few frames, not the whole file).
     """
     import av
 
     path = os.fspath(path)
+    if max_frames is not None and int(max_frames) < 1:
+        raise ValueError(f"max_frames={max_frames} must be >= 1")
     frames: list[np.ndarray] = []
     times: list[float] = []
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise ClipError("decode_error", f"cannot open: {e}") from None
-    with container:
-        if not container.streams.video:
-            raise ClipError("decode_error", "no video stream")
-        stream = container.streams.video[0]
+    stopped_early = False
+    with _open(path) as container:
+        stream, header = _header(container)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = int(threads)
-        declared = int(stream.frames or 0)
-        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        declared, rate = header["frames"], header["fps"]
         try:
             for frame in container.decode(stream):
                 frames.append(center_crop_resize(frame.to_image(), size))
                 times.append(frame.time if frame.time is not None else float("nan"))
+                if _enough(times, max_frames, target_fps):
+                    stopped_early = True
+                    break
         except (av.error.FFmpegError, OSError, ValueError) as e:
             if not frames:
                 raise ClipError("decode_error", f"no frame decodes: {e}") from None
@@ -109,7 +151,7 @@ def decode_clip(path: str | os.PathLike, size: int = 64, *, target_fps: float | 
                             + (f" of {declared}" if declared else "") + f": {e}") from None
     if not frames:
         raise ClipError("decode_error", "the video stream holds no frames")
-    if declared and len(frames) < _TRUNCATED_FRACTION * declared:
+    if declared and not stopped_early and len(frames) < _TRUNCATED_FRACTION * declared:
         raise ClipError("truncated", f"decoded {len(frames)} of {declared} declared frames")
     video = np.stack(frames)
     t = np.asarray(times, np.float64)
@@ -120,6 +162,8 @@ def decode_clip(path: str | os.PathLike, size: int = 64, *, target_fps: float | 
     if target_fps is not None:
         video = video[resample_indices(t, float(target_fps))]
         rate = float(target_fps)
+    if max_frames is not None:
+        video = video[:int(max_frames)]
     if len(video) < int(min_frames):
         raise ClipError("too_short", f"{len(video)} frames, fewer than {min_frames}")
     return video, rate

@@ -87,6 +87,12 @@ def write(out_dir: str, results: dict, examples: tuple | None, n_prime: int) -> 
         f"distinct clips); {r['n_prime']} priming + {r['num_frames'] - r['n_prime']} generated "
         f"frames. Features: {r['features']}.",
         "",
+        f"Protocol: {r.get('protocol', 'unknown')}.",
+        "",
+        *([] if r.get("protocol", "standard") == "standard" else [
+            "**Not comparable with published FVDs**: the published protocol is 16-frame "
+            "clips, 256 videos per trial and the Kinetics-400 I3D in float32. These numbers "
+            "compare runs evaluated the same way only.", ""]),
         "| metric | value |",
         "|---|---|",
         f"| FVD | {r['fvd_mean']:.2f} +- {r['fvd_std']:.2f} |",

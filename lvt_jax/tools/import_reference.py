@@ -22,8 +22,8 @@ minimal iterator state the trainer's resume accepts), which ``trainer.restore_st
 the transformer run) or a directory holding it (or holding ``netG/``).
 
 Files: ``.pth`` / ``.pt`` / ``.pkl`` are read with torch (``torch.load(...,
-weights_only=True)``; torch is an optional extra: ``pip install torch`` or
-``pip install lvt_jax[torch]``); ``.npz`` files holding the same state dicts
+weights_only=True)``; torch is an optional extra: ``pip install -e '.[torch]'`` in
+the checkout, or ``pip install torch``); ``.npz`` files holding the same state dicts
 (same tensor names, numpy layout unchanged) need no torch. An fvcore
 checkpoint ``{'model': state_dict, 'iteration': i}`` gives step ``i + 1`` (fvcore
 stores the index of the last finished iteration); in ``.npz`` files an
@@ -74,9 +74,11 @@ def _import_torch():
     import torch  # noqa: WPS433 (optional dependency, imported lazily)
   except ImportError as e:
     raise ImportToolError(
-        'reading PyTorch checkpoints needs torch, which is an optional extra of lvt_jax: '
-        '`pip install torch` (or `pip install lvt_jax[torch]`). Alternatively convert the '
-        'state dicts to .npz files (same tensor names) and pass those.') from e
+        'reading PyTorch checkpoints needs torch, an optional extra of lvt_jax: in the '
+        "checkout run `pip install -e '.[torch]'`, or `pip install torch` (CPU-only wheel, "
+        'enough here: `pip install torch --index-url https://download.pytorch.org/whl/cpu`). '
+        'Alternatively convert the state dicts to .npz files (same tensor names) and pass '
+        'those.') from e
   return torch
 
 

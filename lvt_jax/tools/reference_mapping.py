@@ -533,6 +533,54 @@ def _transformer_notes(problems: _Problems, sd: Mapping[str, Any], model_cfg) ->
                   f'--config.transformer.model.num_classes={n} to import it.')
   if 'ch_predictor.P.weight' in sd and any(k.startswith('ch_predictor.P.0') for k in sd):
     problems.note('both a shared ch_predictor.P and per-codebook ch_predictor.P.{k} are present.')
+  if problems.missing or problems.mismatched:
+    _structure_note(problems, sd, model_cfg)
+
+
+# Released stage-2 structures and the config that builds each one at the paper's sizes.
+_RELEASED = (('dstsvt', '--config=configs/bair.py:dstsvt'),
+             ('dsfvt', '--config=configs/bair.py (the default) or configs/kinetics600.py'))
+_STRUCTURE = ('stride', 'context_kernel', 'block_shape')
+
+
+def _fits(sd: Mapping[str, Any], model_cfg) -> bool:
+  """Whether every tensor of the state dict has the name and shape ``model_cfg`` expects."""
+  shared = 'ch_predictor.P.weight' in sd
+  trial = _Problems('')
+  trial.check(sd, reference_transformer_spec(model_cfg, shared_output=shared),
+              allow_missing_buffers=True)
+  return not (trial.missing or trial.mismatched or trial.unexpected)
+
+
+def _structure_note(problems: _Problems, sd: Mapping[str, Any], model_cfg) -> None:
+  """Names the released structure (DSFVT / DSTSVT) whose shapes the checkpoint fits, or the
+  context kernel and attention blocks its shapes imply."""
+  from lvt_jax.models.lvt.transformer import default_transformer_config
+  for variant, how in _RELEASED:
+    released = default_transformer_config(variant)
+    if all(tuple(model_cfg[k]) == tuple(released[k]) for k in _STRUCTURE):
+      continue  # the config already has this structure: the problem is elsewhere
+    candidate = model_cfg.copy_and_resolve_references()
+    for k in _STRUCTURE:
+      candidate[k] = tuple(released[k])
+    try:
+      fits = _fits(sd, candidate)
+    except (ValueError, KeyError):
+      fits = False
+    if fits:
+      problems.note(f'the shapes fit the release\'s {variant.upper()} (stride '
+                    f'{tuple(released.stride)}, context kernel {tuple(released.context_kernel)}, '
+                    f'attention blocks {tuple(released.block_shape)}): import it with {how}.')
+      return
+  conv = np.shape(sd.get('encoder.conv.weight', ()))
+  banks = [np.shape(sd.get(f'encoder.block_local_attention.0.d{ax}_bank', ())) for ax in 'thw']
+  if len(conv) == 5 and all(len(b) == 2 for b in banks):
+    kernel, block = tuple(conv[2:]), tuple((b[1] + 1) // 2 for b in banks)
+    if (kernel, block) != (tuple(model_cfg.context_kernel), tuple(model_cfg.block_shape)):
+      problems.note(f'the checkpoint was built with context kernel {kernel} and attention '
+                    f'blocks {block}; this config has {tuple(model_cfg.context_kernel)} and '
+                    f'{tuple(model_cfg.block_shape)} (set transformer.model.context_kernel, '
+                    'block_shape and the matching stride).')
 
 
 def transformer_from_reference(state_dict: Mapping[str, Any], model_cfg, *,
