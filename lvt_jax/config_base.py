@@ -135,11 +135,13 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         slot_dim=64, mlp_dim=128,
         enc_channels=(32, 32, 64),  # two stride-2 convs and one stride-1: H/4 x W/4 inputs
         iters_first=3, iters=1,    # slot-attention iterations on frame 0 / later frames
+        assignment="kmeans",       # slot attention's logits: 'kmeans' (distance to centres) | 'dot'
         static_dim=16,             # time-independent latent of an object slot
         dynamic_dim=8,             # time-varying latent per slot per frame (first 4: position, scale)
         bg_channels=8,             # background's static map: bg_channels x H/4 x W/4
         dec_channels=32,
         bg_decoder="smooth",       # 'smooth' (low-pass, behind the objects) | 'conv'
+        alpha_envelope=True,       # object alphas: a Gaussian around the slot's frame, refined
         logvar_min=-10.0, logvar_max=4.0))
     c.hdr.autoencoder = ml_collections.ConfigDict()
     c.hdr.autoencoder.num_mask_ids = 5    # instance ids in the masks: table, gripper, 3 objects

@@ -79,7 +79,7 @@ SYSTEM_STAGES = {"lvt": (("vqvae", "train_vqvae"), ("transformer", "train_transf
                          ("hdr_predictor", "train_hdr_predictor"))}
 
 
-def check_checkpoints(workdir: str, system: str = "lvt") -> None:
+def check_checkpoints(workdir: str, system: str = "lvt", mode: str = "evaluate") -> None:
     """Both stages must have a checkpoint: say which mode produces the missing one, and
     when the workdir holds the other system's stages instead, say so."""
     other = {"lvt": "hdr", "hdr": "lvt"}[system]
@@ -93,7 +93,7 @@ def check_checkpoints(workdir: str, system: str = "lvt") -> None:
                     f"system's config (configs/{'hdr_*' if other == 'hdr' else 'demo|bair|kinetics600'}.py)."
                     if theirs else "")
             raise FileNotFoundError(
-                f"this mode needs a trained '{stage}' stage but {d} holds no checkpoint; "
+                f"--mode={mode} needs a trained '{stage}' stage but {d} holds no checkpoint; "
                 f"run --mode={mode} first (or point --workdir at a run that did).{hint}")
 
 

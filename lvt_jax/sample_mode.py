@@ -82,7 +82,7 @@ def priming_videos(config: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
     """
     s = config.sample
     size = int(config.data.image_size)
-    T = int(config.transformer.model.clip_shape[0])
+    T = int(config.data.clip_length)   # both systems' clip (LVT: its clip_shape[0], checked)
     n_prime = int(s.n_prime)
     if s.prime:
         frames, info = media.read_prime(s.prime, size, max_frames=T)
@@ -107,50 +107,65 @@ def priming_videos(config: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
 
 
 def run(config: Any, workdir: str) -> dict:
-    from lvt_jax.generate import Generator
+    from lvt_jax import generate
     s = config.sample
     out_dir = os.path.join(workdir, "samples")
     mesh = shd.make_mesh(config.mesh)
     prime, real, labels, source = priming_videos(config)  # bad input fails before compiling
-    gen = Generator.from_workdir(config, workdir, mesh)
+    gen = generate.from_workdir(config, workdir, mesh)
     n = len(prime)
     progress = SliceProgress(gen.num_batches(n) * gen.slices_per_clip(),
-                             enabled=bool(config.transformer.train.progress))
+                             enabled=bool(_progress_enabled(config)))
     gen.progress = progress
     t0 = time.perf_counter()
-    codes = []
-    prime_codes = gen.encode(prime)
-    for start in range(0, n, gen.batch_size):
-        stop = min(n, start + gen.batch_size)
-        codes.append(gen.sample_codes(
-            prime_codes[start:stop], jax.random.key(int(s.seed)),
-            first_index=int(s.first_video) + start,
-            labels=None if labels is None else labels[start:stop]))
-        progress.next_batch()
+    videos, arrays = gen.generate(prime, jax.random.key(int(s.seed)),
+                                  first_index=int(s.first_video), labels=labels)
     progress.close()
-    codes = np.concatenate(codes)
-    videos = gen.decode(codes)
     seconds = time.perf_counter() - t0
-    info = dict(num_videos=n, seconds=round(seconds, 2), s_per_video=round(seconds / n, 3),
+    info = dict(system=gen.system, num_videos=n, seconds=round(seconds, 2),
+                s_per_video=round(seconds / n, 3),
                 n_prime=gen.n_prime, num_frames=gen.num_frames, sampler=gen.sampler,
                 temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
                 seed=int(s.seed), prime=s.prime or "test split", first_video=int(s.first_video),
                 prime_source=source, checkpoints=getattr(gen, "steps", {}))
+    pictures, extra_videos = {}, {}
+    if gen.system == "hdr":  # its layers, and each video with its most-moving object frozen
+        from lvt_jax.eval import hdr_pictures
+        _, rgb, alphas = gen.render(arrays["static"][:1], arrays["background"][:1],
+                                    arrays["dynamic"][:1])
+        pictures["layers.png"] = hdr_pictures.layers_grid(videos[0], rgb[0], alphas[0])
+        frozen, slot = hdr_pictures.frozen_videos(gen, arrays, gen.n_prime)
+        extra_videos["frozen"] = frozen
+        info["frozen_slot"] = [int(k) for k in slot]
     if jax.process_index() == 0:
-        write_outputs(out_dir, videos, real, codes, info, fps=float(s.fps))
+        write_outputs(out_dir, videos, real, arrays, info, fps=float(s.fps),
+                      pictures=pictures, extra_videos=extra_videos)
     log.info("sample: %d videos in %.1fs (%.2fs per video) -> %s", n, seconds, seconds / n,
              out_dir)
     return info
 
 
+def _progress_enabled(config: Any) -> bool:
+    section = config.hdr.predictor if config.get("system", "lvt") == "hdr" else config.transformer
+    return bool(section.train.progress)
+
+
 # Everything --mode=sample writes into WORKDIR/samples/ (and its temporary names).
-OUTPUT_NAME = re.compile(r"(sample_\d{4,}(\.tmp-\d+)?\.(mp4|gif)|grid(\.tmp-\d+)?\.png|"
+OUTPUT_NAME = re.compile(r"((sample|frozen)_\d{4,}(\.tmp-\d+)?\.(mp4|gif)|"
+                         r"(grid|layers)(\.tmp-\d+)?\.png|"
                          r"samples(\.tmp)?\.npz|samples\.json(\.tmp)?)")
 
 
-def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None, codes: np.ndarray,
-                  info: dict, fps: float) -> None:
-    """Writes the complete set into a staging folder, then swaps it in for `out_dir`."""
+def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None,
+                  arrays: np.ndarray | dict, info: dict, fps: float,
+                  pictures: dict | None = None, extra_videos: dict | None = None) -> None:
+    """Writes the complete set into a staging folder, then swaps it in for `out_dir`.
+
+    `arrays`: what samples.npz keeps besides the frames (LVT: the codes, int16; HDR: the
+    latents); `pictures` name -> uint8 image; `extra_videos` name -> uint8 videos written
+    as NAME_NNNN.mp4 / .gif (HDR's frozen-object videos)."""
+    if not isinstance(arrays, dict):
+        arrays = {"codes": np.asarray(arrays).astype(np.int16)}
     from lvt_jax.trainer import write_json
     parent, name = os.path.split(os.path.abspath(out_dir))
     for old in os.listdir(parent) if os.path.isdir(parent) else []:
@@ -167,8 +182,14 @@ def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None, cod
             rows.append(real[i][:len(v)])
         rows.append(v)
     media.write_png(os.path.join(staging, "grid.png"), metrics.image_grid(rows))
-    np.savez_compressed(os.path.join(staging, "samples.npz"), videos=videos,
-                        codes=codes.astype(np.int16), **({} if real is None else {"real": real}))
+    for file, image in (pictures or {}).items():
+        media.write_png(os.path.join(staging, file), image)
+    for prefix, clips in (extra_videos or {}).items():
+        for i, v in enumerate(clips):
+            media.write_mp4(os.path.join(staging, f"{prefix}_{i:04d}.mp4"), v, fps)
+            media.write_gif(os.path.join(staging, f"{prefix}_{i:04d}.gif"), v, fps)
+    np.savez_compressed(os.path.join(staging, "samples.npz"), videos=videos, **arrays,
+                        **({} if real is None else {"real": real}))
     write_json(os.path.join(staging, "samples.json"),
                dict(info, files=sorted(os.listdir(staging))))
     _replace_folder(staging, os.path.join(parent, name))

@@ -33,3 +33,18 @@ def pipeline_run(tiny_data_dir, tmp_path_factory):
     cfg = tiny_config(tiny_data_dir)
     run.run(cfg, workdir, "all")
     return cfg, workdir
+
+
+@pytest.fixture(scope="session")
+def hdr_pipeline_run(tiny_data_dir, tmp_path_factory):
+    """One --mode=all run of the tiny HDR demo for the session: (config, workdir).
+
+    Tests read its workdir (checkpoints, latents, samples) and must not modify it.
+    """
+    from configs import hdr_demo
+    from lvt_jax import run
+    workdir = str(tmp_path_factory.mktemp("hdr_pipeline"))
+    cfg = hdr_demo.get_config("tiny")
+    cfg.data.data_dir = str(tiny_data_dir)
+    run.run(cfg, workdir, "all")
+    return cfg, workdir

@@ -26,7 +26,7 @@ class FakeGenerator:
     def reconstruct(self, frames):
         return (frames // 8 * 8).astype(np.uint8)  # a lossy "stage 1"
 
-    def sample(self, prime_frames, key, *, transformer_params=None):
+    def sample(self, prime_frames, key, *, stage2_params=None):
         assert prime_frames.shape[1] == self.n_prime and prime_frames.dtype == np.uint8
         seed = int(jax.random.randint(key, (), 0, 2 ** 31 - 1))
         noise = np.random.default_rng(seed).integers(
@@ -35,7 +35,7 @@ class FakeGenerator:
         videos = np.concatenate([self.reconstruct(prime_frames),
                                  np.clip(rest + noise[:, self.n_prime:], 0, 255).astype(np.uint8)], 1)
         self.samples.append((prime_frames.copy(), videos))
-        self.params_seen.append(transformer_params)
+        self.params_seen.append(stage2_params)
         return videos
 
 

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
-from lvt_jax.models.hdr import latents
+from lvt_jax.models.hdr import latents as lat
 from lvt_jax.generate.base import BatchedGenerator, to_uint8
 from lvt_jax.models.hdr.autoencoder import POSITION_DIMS, HDRAutoencoder
 from lvt_jax.sampling import hdr as sampler_lib
@@ -62,7 +62,7 @@ class HDRGenerator(BatchedGenerator):
         self.predictor = build_model(config)
         self.ae_params = jax.device_put(autoencoder_params, NamedSharding(mesh, P()))
         self.params = predictor_params
-        self.layout = latents.layout(config.hdr.model)
+        self.layout = lat.layout(config.hdr.model)
         ae, pred, n_prime, T = self.autoencoder, self.predictor, self.n_prime, self.num_frames
         rollout = sampler_lib.compiled_sampler(pred, T, self.sampler)
 
@@ -73,8 +73,8 @@ class HDRGenerator(BatchedGenerator):
             enc = ae.apply({"params": ae_params}, M.to_model_input(frames), method="encode")
             post = ae.apply({"params": ae_params}, enc, jnp.full((B,), n, jnp.int32),
                             method="static_posterior")
-            cond = latents.conditioning(enc["obj_mu"],
-                                            latents.background_summary(enc))
+            cond = lat.conditioning(enc["obj_mu"],
+                                            lat.background_summary(enc))
             return post["obj_mu"], post["bg_mu"], enc["dyn_mu"], cond
 
         def decode(ae_params, obj, bg, dyn):
@@ -141,7 +141,10 @@ class HDRGenerator(BatchedGenerator):
                                          self._global_keys(key, idx), self.controls)
                 outs.append([r[:stop - start] for r in shd.fetch(res)])
                 if self.progress is not None:
-                    self.progress(len(outs))
+                    self.progress(0)   # one unit per batch (the roll-out is one program)
+                    next_batch = getattr(self.progress, "next_batch", None)
+                    if next_batch is not None:
+                        next_batch()
         videos, dyn, obj, bg = (np.concatenate(p) for p in zip(*outs))
         return videos, {"dynamic": dyn, "static": obj, "background": bg}
 

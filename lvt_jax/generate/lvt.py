@@ -154,6 +154,23 @@ class Generator(BatchedGenerator):
     def conditional(self) -> bool:
         return int(self.config.transformer.model.get("num_classes", 0) or 0) > 0
 
+    def generate(self, prime_frames: np.ndarray, key: jax.Array, *, first_index: int = 0,
+                 labels: Optional[np.ndarray] = None
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """uint8 priming frames [B, >= n_prime, H, W, 3] -> (uint8 videos [B, T, H, W, 3],
+        {'codes': int16 [B, T, h, w, nc]}), batch by batch (progress per slice)."""
+        prime = self.encode(self._check_frames(prime_frames)[:, :self.n_prime])
+        codes = []
+        for start, stop in self._chunks(len(prime)):
+            codes.append(self.sample_codes(
+                prime[start:stop], key, first_index=first_index + start,
+                labels=None if labels is None else labels[start:stop]))
+            next_batch = getattr(self.progress, "next_batch", None)
+            if next_batch is not None:
+                next_batch()
+        codes = np.concatenate(codes)
+        return self.decode(codes), {"codes": codes.astype(np.int16)}
+
     def sample(self, prime_frames: np.ndarray, key: jax.Array, *, transformer_params: Any = None,
                stage2_params: Any = None, first_index: int = 0,
                labels: Optional[np.ndarray] = None) -> np.ndarray:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from lvt_jax import sharding as shd
-from lvt_jax.models.hdr import latents
+from lvt_jax.models.hdr import latents as lat
 from lvt_jax.models.hdr.predictor import LatentPredictor, elbo_terms, init_params
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
@@ -44,8 +44,8 @@ def build_model(config: Any) -> LatentPredictor:
 def split_batch(latents: jax.Array, layout: dict, n_prime: int) -> tuple[jax.Array, jax.Array]:
     """Stored latents [B, T, 1, 1, F] -> (dynamic [B, T, S, Dd], conditioning [B, C] from
     the first n_prime frames)."""
-    parts = latents.split_features(latents[:, :, 0, 0].astype(jnp.float32), layout)
-    return parts["dynamic"], latents.conditioning(parts["static"][:, :n_prime],
+    parts = lat.split_features(latents[:, :, 0, 0].astype(jnp.float32), layout)
+    return parts["dynamic"], lat.conditioning(parts["static"][:, :n_prime],
                                                       parts["background"][:, :n_prime])
 
 
@@ -59,7 +59,7 @@ class HDRPredictorStage(Stage):
         self.workdir = workdir
         self.model = build_model(config)
         self.tx = make_optimizer(config.hdr.predictor.train)
-        self.layout = latents.layout(config.hdr.model)
+        self.layout = lat.layout(config.hdr.model)
         self.num_frames = int(config.data.clip_length)
         self.n_prime = int(config.hdr.predictor.train.n_prime)
         lay = self.layout
@@ -76,10 +76,9 @@ class HDRPredictorStage(Stage):
                           opt_state=self.tx.init(params), extra={}, rng=rng)
 
     def _inputs(self, batch: dict) -> tuple[jax.Array, jax.Array]:
-        lat = batch["latents"]
-        chex.assert_shape(lat, (None, self.num_frames, 1, 1,
-                                latents.num_features(self.layout)))
-        return split_batch(lat, self.layout, self.n_prime)
+        stored = batch["latents"]
+        chex.assert_shape(stored, (None, self.num_frames, 1, 1, lat.num_features(self.layout)))
+        return split_batch(stored, self.layout, self.n_prime)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         dyn, cond = self._inputs(batch)

@@ -57,7 +57,8 @@ class HDRAutoencoder(nn.Module):
         c = self.config
         self.num_slots = int(c.num_objects) + 1
         self.encoder = FrameEncoder(tuple(c.enc_channels), int(c.slot_dim))
-        self.slot_attention = SlotAttention(int(c.slot_dim), int(c.mlp_dim))
+        self.slot_attention = SlotAttention(int(c.slot_dim), int(c.mlp_dim),
+                                            str(c.get("assignment", "kmeans")))
         self.slot_predictor = SlotPredictor(int(c.slot_dim), int(c.mlp_dim))
         self.init_slots = self.param(
             "init_slots", nn.with_logical_partitioning(nn.initializers.normal(1.0),
@@ -66,7 +67,8 @@ class HDRAutoencoder(nn.Module):
         self.dynamic_head = MLP(int(c.mlp_dim), 2 * int(c.dynamic_dim))
         self.static_head = MLP(int(c.mlp_dim), 2 * int(c.static_dim))
         self.bg_head = dense(2 * int(c.bg_channels), axes=("embed", "latent"))
-        self.object_decoder = ObjectDecoder(int(c.dec_channels))
+        self.object_decoder = ObjectDecoder(int(c.dec_channels),
+                                            envelope=bool(c.get("alpha_envelope", True)))
         self.background_decoder = BackgroundDecoder(int(c.dec_channels),
                                                     str(c.get("bg_decoder", "smooth")))
 
@@ -99,21 +101,20 @@ class HDRAutoencoder(nn.Module):
         feats = feats.reshape(B, T, h * w, D)
         coords = grid_coords(h, w).reshape(h * w, 2)
         local = np.asarray([0.0] + [1.0] * (self.num_slots - 1), np.float32)
-        state = self.initial_state(B) if init_state is None else init_state
-        slots, frames = state["slots"], (state["pos"], state["log_scale"])
-        chex.assert_shape(slots, (B, self.num_slots, int(c.slot_dim)))
+        state = dict(self.initial_state(B) if init_state is None else init_state)
+        chex.assert_shape(state["slots"], (B, self.num_slots, int(c.slot_dim)))
         all_slots, all_attn, all_pos, all_scale = [], [], [], []
         for t in range(T):  # the recurrence: frame t starts from frame t-1's slots
             first = t == 0 and not continued
             if not first:
-                slots = self.slot_predictor(slots)
-            slots, attn, frames = self.slot_attention(
-                slots, feats[:, t], int(c.iters_first if first else c.iters), frames,
-                coords, local)
-            all_slots.append(slots)
+                state["slots"] = self.slot_predictor(state["slots"])
+            state, attn = self.slot_attention(
+                state, feats[:, t], int(c.iters_first if first else c.iters), coords, local,
+                first)
+            all_slots.append(state["slots"])
             all_attn.append(attn)
-            all_pos.append(frames[0])
-            all_scale.append(frames[1])
+            all_pos.append(state["pos"])
+            all_scale.append(state["log_scale"])
         slots, attn = jnp.stack(all_slots, 1), jnp.stack(all_attn, 1)
         lo, hi = float(c.logvar_min), float(c.logvar_max)
         dyn_mu, dyn_logvar = L.split_gaussian(self.dynamic_head(slots), lo, hi)
@@ -126,7 +127,7 @@ class HDRAutoencoder(nn.Module):
         return dict(slots=slots, attn=attn, dyn_mu=dyn_mu, dyn_logvar=dyn_logvar,
                     obj_mu=obj_mu, obj_logvar=obj_logvar, bg_mu=bg_mu, bg_logvar=bg_logvar,
                     bg_weight=attn[:, :, 0].reshape(B, T, h, w, 1),
-                    state=dict(slots=slots[:, -1], pos=frames[0], log_scale=frames[1]))
+                    state=state)
 
     def static_posterior(self, enc: dict, length: jax.Array) -> dict:
         """Pools the per-frame static estimates over each clip's first `length` frames:

@@ -35,6 +35,7 @@ class ObjectDecoder(nn.Module):
     logit [N, H, W])."""
     channels: int = 32
     grid: int = 16            # broadcast resolution (the output is 4x larger)
+    envelope: bool = True     # alpha logit += log of a Gaussian around the reference frame
 
     @nn.compact
     def __call__(self, z: jax.Array, pos: jax.Array, log_scale: jax.Array
@@ -48,7 +49,13 @@ class ObjectDecoder(nn.Module):
         h = nn.relu(h)
         h = nn.relu(Conv(self.channels, 3, padding=1, name="conv")(h))
         out = _upsample_to_rgba(h, self.channels)
-        return out[..., :3], out[..., 3]
+        alpha = out[..., 3]
+        if self.envelope:
+            # A Gaussian envelope around the reference frame: a slot's layer is visible near
+            # where it is, from the first step on; the network learns the exact shape.
+            full = (grid_coords(4 * g, 4 * g)[None] - pos[:, None, None, :]) / scale
+            alpha = alpha - 0.5 * jnp.sum(full * full, -1)
+        return out[..., :3], alpha
 
 
 class BackgroundDecoder(nn.Module):
