@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lvt_jax import fileio
 from lvt_jax.data import kinetics_source, video_decode
 
 NAME = "kinetics600"
@@ -132,10 +133,7 @@ def _part_paths(work_dir: str, split: str, part: int) -> tuple[str, str]:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.write_json(path, obj, indent=1)
 
 
 def _read_json(path: str) -> Any:
@@ -186,7 +184,7 @@ def build_part(task: dict) -> dict:
             record["clip_ids"].append(clip_id)
     finally:
         writer.close()
-    os.replace(tmp, data_path)
+    fileio.commit(tmp, data_path)  # flushed before the rename: never a truncated part
     record["num_examples"] = len(record["clip_ids"])
     record["num_bytes"] = os.path.getsize(data_path)
     record["seconds"] = round(time.perf_counter() - t0, 3)
