@@ -3,8 +3,8 @@ manifest. Never poisoned when written, verified before they are trusted.
 
 Why it is built this way:
 
-* Only finite states are saved. `Checkpointer.save` inspects the state first (one jitted
-  pass: a finite flag and a checksum per array) and refuses a non-finite one. Orbax writes
+* Only finite states are saved. `Checkpointer.save` inspects the state first (a jitted
+  reduction per array: a finite flag and a checksum) and refuses a non-finite one. Orbax writes
   a step into a temporary directory, renames it when complete and only then deletes the
   steps beyond `keep`. So the newest complete checkpoint is always finite, and rotation
   can never delete the last finite one (no preservation policy is needed for that).
@@ -100,29 +100,31 @@ def _words(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
-def _summaries(leaves: list) -> jax.Array:
-    """uint32 [n, 3] per array: all finite, sum of words, position-weighted sum of words.
+@jax.jit
+def _summary(x: jax.Array) -> jax.Array:
+    """uint32 [3] of one array: all finite, sum of words, position-weighted sum of words.
 
     Integer sums wrap exactly, so they are the same for any sharding and reduction order;
-    the position weights make swapped or shifted words count."""
-    rows = []
-    for x in leaves:
-        x = jnp.asarray(x)
-        w = _words(x)
-        flat_index = jnp.zeros(w.shape, jnp.uint32)  # built from iotas: no reshape of
-        stride = 1                                   # a sharded array
-        for axis in reversed(range(w.ndim)):
-            iota = jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
-            flat_index = flat_index + iota * np.uint32(stride % 2**32)
-            stride *= w.shape[axis]
-        finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True
-        rows.append(jnp.stack([jnp.asarray(finite, jnp.uint32),
-                               jnp.sum(w, dtype=jnp.uint32),
-                               jnp.sum(w * (2 * flat_index + 1), dtype=jnp.uint32)]))
-    return jnp.stack(rows) if rows else jnp.zeros((0, 3), jnp.uint32)
+    the position weights make swapped or shifted words count. One jit per array (cached
+    per shape): on CPU it compiles 3x and runs 5x faster than one program over a whole
+    paper-size state (809 arrays, 17 distinct shapes)."""
+    w = _words(x)
+    flat_index = jnp.zeros(w.shape, jnp.uint32)  # built from iotas: no reshape of a
+    stride = 1                                   # sharded array
+    for axis in reversed(range(w.ndim)):
+        iota = jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
+        flat_index = flat_index + iota * np.uint32(stride % 2**32)
+        stride *= w.shape[axis]
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True
+    return jnp.stack([jnp.asarray(finite, jnp.uint32), jnp.sum(w, dtype=jnp.uint32),
+                      jnp.sum(w * (2 * flat_index + 1), dtype=jnp.uint32)])
 
 
-_summaries_jit = jax.jit(_summaries)
+def _host(x: jax.Array) -> np.ndarray:
+    """A small result on the host; a replicated one without a collective."""
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(shd.fetch(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +134,12 @@ class StateReport:
 
 
 def inspect(state: Any) -> StateReport:
-    """Finite flags and checksums of every array of `state` (one small jitted pass).
-
-    Every process must call it (the arrays may be sharded over processes)."""
+    """Finite flags and checksums of every array of `state` (a small jitted reduction per
+    array, dispatched all at once). Every process must call it (arrays may span them)."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     names = [array_name(p) for p, _ in leaves]
-    table = np.asarray(shd.fetch(_summaries_jit([x for _, x in leaves])), np.uint32)
+    rows = [_summary(jnp.asarray(x)) for _, x in leaves]
+    table = np.stack([_host(r) for r in rows]) if rows else np.zeros((0, 3), np.uint32)
     return StateReport(
         nonfinite=[n for n, row in zip(names, table) if not row[0]],
         checksums={n: f"{int(row[1]):08x}{int(row[2]):08x}" for n, row in zip(names, table)})
