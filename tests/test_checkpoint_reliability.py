@@ -211,8 +211,8 @@ def test_reused_workdir_with_other_data_is_refused_naming_both(reference, tmp_pa
         trainer.train(VQVAEStage(other), workdir, mesh_of(2))
     msg = str(e.value)
     assert f"checkpoint step 3 in {_ckpt_dir(workdir)}" in msg
-    assert ("data.dataset: 'synthetic_pushing/train12_test4_seed0/1.0.0' (saved) vs "
-            "'synthetic_pushing/train12_test4_seed1/1.0.0' (now)") in msg
+    assert ("data.dataset: 'synthetic_pushing/train12_test4_seed0/2.0.0' (saved) vs "
+            "'synthetic_pushing/train12_test4_seed1/2.0.0' (now)") in msg
     assert "another --workdir" in msg
     assert _files(workdir) == before  # refused before anything was trained, moved or written
 
