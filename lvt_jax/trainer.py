@@ -1,14 +1,15 @@
 """The training loop shared by every stage (VQ-VAE, Video Transformer, HDR).
 
 State is created directly sharded (`jax.jit(init, out_shardings=...)`) or restored onto
-the same shardings; the step is jitted once; metrics are checked for non-finite values
-one step behind (no pipeline stall) and always before a checkpoint is written, so a
-saved checkpoint never holds a diverged state.
+the same shardings (the newest checkpoint that passes verification: see
+`lvt_jax.checkpoint`); the step is jitted once; metrics are checked for non-finite values
+one step behind (no pipeline stall) and always before a checkpoint is written, and the
+state itself is checked by the checkpointer before it is saved, so a saved checkpoint
+never holds a diverged state. A run that fails leaves no empty folders behind.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -21,9 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from lvt_jax import fileio
 from lvt_jax import sharding as shd
 from lvt_jax.metrics import image_grid
-from lvt_jax.checkpoint import Checkpointer, abstract_with_shardings
+from lvt_jax.checkpoint import (CheckpointMismatchError, Checkpointer, NonFiniteError,
+                                abstract_with_shardings)
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
 from lvt_jax.writers import MetricWriter, ProgressBar
@@ -31,8 +34,8 @@ from lvt_jax.writers import MetricWriter, ProgressBar
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(NonFiniteError):
+    """A training loss (or another metric) turned NaN or inf."""
 
 
 @contextlib.contextmanager
@@ -90,23 +93,50 @@ class ShardedStage:
         return self.stage.summarize_eval(shd.fetch(total))
 
 
-def checkpointer_for(stage: Stage, workdir: str, async_save: bool = True) -> Checkpointer:
+def checkpointer_for(stage: Stage, workdir: str, async_save: bool = True,
+                     read_only: bool = False) -> Checkpointer:
     return Checkpointer(os.path.join(workdir, stage.name, "checkpoints"),
-                        keep=int(stage.train_cfg.keep), async_save=async_save)
+                        keep=int(stage.train_cfg.keep), async_save=async_save,
+                        read_only=read_only)
 
 
 def restore_state(stage: Stage, mesh: Mesh, workdir: str, rules=None) -> tuple[TrainState, int]:
-    """Latest checkpoint of a finished or running stage, on this mesh's shardings."""
+    """Newest usable checkpoint of a finished or running stage, on this mesh's shardings
+    (read only: an unusable newer step is skipped with a loud log, never moved)."""
     rules = rules or shd.rules_from_config(stage.config)
     bound = ShardedStage(stage, mesh, rules)
-    ckpt = checkpointer_for(stage, workdir, async_save=False)
-    if ckpt.latest_step() is None:
+    ckpt = checkpointer_for(stage, workdir, async_save=False, read_only=True)
+    try:
+        restored = ckpt.restore(bound.abstract, config=stage.config)
+    finally:
+        ckpt.close()
+    if restored is None:
         raise FileNotFoundError(
             f"stage '{stage.name}' has no checkpoint under {ckpt.directory}; train it first "
             f"(--mode=train_{stage.name}) or point --workdir at a run that did.")
-    state, _, step = ckpt.restore(bound.abstract)
-    ckpt.close()
-    return state, step
+    return restored.state, restored.step
+
+
+def _resume(stage: Stage, bound: ShardedStage, ckpt: Checkpointer, train_iter,
+            init: Callable[[ShardedStage], TrainState] | None = None
+            ) -> tuple[TrainState, int]:
+    """The newest usable checkpoint and the iterator's position in it, or a fresh state.
+
+    Unusable newer steps are moved aside (never deleted) so this run can write them again;
+    a checkpoint of other data is refused before anything is moved."""
+    restored = ckpt.restore(bound.abstract, config=stage.config)
+    if restored is None:
+        return (init(bound) if init is not None else bound.init()), 0
+    try:
+        train_iter.set_state(restored.data)
+    except ValueError as e:
+        raise CheckpointMismatchError(
+            f"{stage.name}: cannot resume from checkpoint step {restored.step} in "
+            f"{ckpt.directory}: {e}") from e
+    if restored.skipped:
+        ckpt.set_aside(restored.skipped)
+    log.info("%s: resumed from step %d", stage.name, restored.step)
+    return restored.state, restored.step
 
 
 def _first_nonfinite(metrics: dict) -> str | None:
@@ -134,45 +164,71 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
 
     `init` builds the step-0 state when there is no checkpoint to resume (default: the
     stage's random init; fine-tuning passes lvt_jax.init_from's)."""
+    with _no_empty_folders_on_failure([os.path.join(workdir, stage.name), workdir]):
+        return _train(stage, workdir, mesh, on_eval, periodic, init)
+
+
+@contextlib.contextmanager
+def _no_empty_folders_on_failure(paths: list[str]):
+    """If the body fails, removes those of `paths` (deepest first) that did not exist
+    before and hold no file: empty folders only, never a file."""
+    new = [p for p in paths if not os.path.exists(p)]
+    try:
+        yield
+    except BaseException as e:
+        if not (isinstance(e, SystemExit) and e.code in (0, None)):
+            for path in new:
+                _remove_empty_dirs(path)
+        raise
+
+
+def _remove_empty_dirs(root: str) -> None:
+    for d, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(d)  # fails (and is skipped) unless empty
+        except OSError:
+            pass
+
+
+def _train(stage: Stage, workdir: str, mesh: Mesh,
+           on_eval: Callable[[int, dict], None] | None,
+           periodic: PeriodicHook | None,
+           init: Callable[[ShardedStage], TrainState] | None) -> tuple[TrainState, dict]:
     cfg = stage.train_cfg
     rules = shd.rules_from_config(stage.config)
     bound = ShardedStage(stage, mesh, rules)
     stage_dir = os.path.join(workdir, stage.name)
     os.makedirs(stage_dir, exist_ok=True)
-    ckpt = checkpointer_for(stage, workdir)
-    train_iter = stage.make_iterator("train", mesh, train=True)
     num_steps = int(cfg.num_steps)
-
-    if ckpt.latest_step() is not None:
-        state, data_state, step = ckpt.restore(bound.abstract)
-        train_iter.set_state(data_state)
-        log.info("%s: resumed from step %d", stage.name, step)
-    else:
-        state, step = (init(bound) if init is not None else bound.init()), 0
-
     primary = jax.process_index() == 0
-    writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=primary)
-    bar = ProgressBar(total=num_steps, initial=step, desc=stage.name, unit=stage.unit,
-                      enabled=primary and bool(cfg.get("progress", True)))
-    last_saved = ckpt.latest_step()
-    pending: tuple[int, dict] | None = None
-    window: list[dict] = []
-    t0, items = time.perf_counter(), 0
+    with contextlib.ExitStack() as cleanup:  # closes what was opened, in reverse, always
+        ckpt = checkpointer_for(stage, workdir)
+        cleanup.callback(ckpt.close)
+        ckpt.check_writable()  # before any data is read or anything is compiled
+        train_iter = stage.make_iterator("train", mesh, train=True)
+        cleanup.callback(_close, train_iter)
+        state, step = _resume(stage, bound, ckpt, train_iter, init)
+        writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=primary)
+        cleanup.callback(writer.close)
+        bar = ProgressBar(total=num_steps, initial=step, desc=stage.name, unit=stage.unit,
+                          enabled=primary and bool(cfg.get("progress", True)))
+        cleanup.callback(bar.close)
+        last_saved = ckpt.latest_step()
+        pending: tuple[int, dict] | None = None
+        window: list[dict] = []
+        t0, items = time.perf_counter(), 0
 
-    def check(step_and_metrics):
-        s, m = step_and_metrics
-        m = shd.fetch(m)
-        bad = _first_nonfinite(m)
-        if bad is not None:
-            ckpt.wait()
-            where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
-                     if last_saved is not None else "no checkpoint had been written yet")
-            raise NonFiniteLossError(
-                f"{stage.name}: non-finite {bad} = {m[bad]} at step {s}; stopped, and {where}. "
-                "Lower the learning rate or check the input data, then rerun to resume.")
-        return m
+        def check(step_and_metrics):
+            s, m = step_and_metrics
+            m = shd.fetch(m)
+            bad = _first_nonfinite(m)
+            if bad is not None:
+                raise NonFiniteLossError(
+                    f"{stage.name}: non-finite {bad} = {m[bad]} at step {s}; stopped. The last "
+                    f"good checkpoint is {ckpt.describe_latest()}. Lower the learning rate or "
+                    "check the input data, then rerun to resume from it.")
+            return m
 
-    try:
         while step < num_steps:
             batch = next(train_iter)
             state, metrics = bound.train_step(state, batch)
@@ -196,8 +252,8 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
                 writer.scalars(step, {f"train/{k}": v for k, v in scalars.items()})
                 bar.update_to(step, loss=scalars["loss"], rate=scalars[f"{stage.unit}_per_s"])
                 window, t0, items = [], time.perf_counter(), 0
-            if save_now or preempted:
-                ckpt.save(step, state, train_iter.get_state(), force=preempted)
+            if save_now or preempted:  # the checkpointer refuses a non-finite state
+                ckpt.save(step, state, train_iter.get_state(), stage.config, force=preempted)
                 last_saved = step
             if preempted:
                 ckpt.wait()
@@ -222,7 +278,7 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
                 t0 += time.perf_counter() - t_extra
         bar.close()
         if last_saved != step:
-            ckpt.save(step, state, train_iter.get_state(), force=True)
+            ckpt.save(step, state, train_iter.get_state(), stage.config, force=True)
         ckpt.wait()
         results = bound.evaluate(state)
         results["step"] = int(step)
@@ -231,13 +287,6 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
         if primary:
             write_json(os.path.join(stage_dir, "eval.json"), results)
         return state, results
-    finally:
-        bar.close()
-        writer.close()
-        ckpt.close()
-        close = getattr(train_iter, "close", None)
-        if close:
-            close()
 
 
 def _close(it) -> None:
@@ -267,15 +316,12 @@ def _write_images(writer: MetricWriter, bound: ShardedStage, state, step: int,
             from PIL import Image
             path = os.path.join(png_dir, name.split("/")[-1] + ".png")
             Image.fromarray(grid).save(path + ".tmp.png")
-            os.replace(path + ".tmp.png", path)
+            fileio.commit(path + ".tmp.png", path)
 
 
 def write_json(path: str, obj: dict) -> None:
-    """Atomic write: a reader never sees a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Atomic, durable write (non-finite floats as strings): readers never see half a file."""
+    fileio.write_json(path, _jsonable(obj))
 
 
 def _jsonable(x):

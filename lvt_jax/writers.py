@@ -5,23 +5,31 @@ import numpy as np
 
 
 class MetricWriter:
+    """Opens its event file on the first write, so a run that fails before logging
+    anything leaves no folder behind."""
+
     def __init__(self, logdir: str, enabled: bool = True):
         self.enabled = enabled
+        self._logdir = logdir
         self._w = None
-        if enabled:
+
+    def _writer(self):
+        if self._w is None and self.enabled:
             from tensorboardX import SummaryWriter
-            self._w = SummaryWriter(logdir=logdir, flush_secs=10)
+            self._w = SummaryWriter(logdir=self._logdir, flush_secs=10)
+        return self._w
 
     def scalars(self, step: int, values: dict) -> None:
-        if self._w:
+        if self._writer():
             for k, v in values.items():
                 self._w.add_scalar(k, float(v), int(step))
 
     def image(self, step: int, name: str, img: np.ndarray) -> None:
-        if self._w:
+        if self._writer():
             self._w.add_image(name, np.asarray(img), int(step), dataformats="HWC")
 
     def close(self) -> None:
+        self.enabled = False  # a write after close does not reopen
         if self._w:
             self._w.close()
             self._w = None

@@ -19,11 +19,12 @@ Layout of one split, WORKDIR/codes/<split>/ (written by `lvt_jax.encode`):
   labels.npy exists). Written last (by process 0, once every shard exists): its presence
   means the split is complete.
 
-Why this design: a shard is written under a temporary name and renamed when complete,
-so a shard file is either absent or whole; a restarted encode skips existing shards and
-redoes only missing ones. Shards are the unit of work sharing across processes too.
-Readers use array_record's random access, so stage 2 streams clips through the same
-deterministic, resumable `make_array_iterator` as stage 1.
+Why this design: a shard is written under a temporary name, flushed to disk (fsync) and
+renamed when complete, so a shard file is either absent or whole, even after a power cut;
+a restarted encode skips existing shards and redoes only missing ones. Shards are the
+unit of work sharing across processes too. Readers use array_record's random access, so
+stage 2 streams clips through the same deterministic, resumable `make_array_iterator` as
+stage 1.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+
+from lvt_jax import fileio
 
 FORMAT = "lvt_jax.codes/v1"
 LATENTS_FORMAT = "lvt_jax.hdr_latents/v1"
@@ -87,7 +90,8 @@ def deserialize(record: bytes, dtype: np.dtype = CODE_DTYPE) -> np.ndarray:
 
 
 def write_shard(path: str, videos: Sequence[np.ndarray], dtype: np.dtype = CODE_DTYPE) -> None:
-    """Writes one shard atomically: a temporary file, renamed once complete."""
+    """Writes one shard atomically: a temporary file, flushed to disk and renamed once
+    complete (so a power cut never leaves a complete-looking truncated shard)."""
     from array_record.python import array_record_module
     tmp = f"{path}.tmp-{os.getpid()}"
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
@@ -96,7 +100,7 @@ def write_shard(path: str, videos: Sequence[np.ndarray], dtype: np.dtype = CODE_
             writer.write(serialize(codes, dtype))
     finally:
         writer.close()
-    os.replace(tmp, path)
+    fileio.commit(tmp, path)
 
 
 def write_labels(directory: str, labels: np.ndarray) -> None:
@@ -104,7 +108,7 @@ def write_labels(directory: str, labels: np.ndarray) -> None:
     path = os.path.join(directory, LABELS_FILE)
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     np.save(tmp, np.asarray(labels, np.int32))
-    os.replace(tmp, path)
+    fileio.commit(tmp, path)
 
 
 def read_json(path: str) -> dict | None:
@@ -115,11 +119,8 @@ def read_json(path: str) -> dict | None:
 
 
 def write_json(path: str, obj: dict) -> None:
-    """Atomic (temp + rename): readers never see a partial file; processes may race."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Atomic and durable (temp + fsync + rename); processes may race."""
+    fileio.write_json(path, obj)
 
 
 class CodeSource:
@@ -190,6 +191,16 @@ class CodeSource:
     def min_frames(self) -> int:
         return int(self.metadata["min_frames"])
 
+    @property
+    def identity(self) -> dict:
+        """What names these codes (source data, split, stage-1 step): stored with a stage-2
+        iterator's state, so a resume on other codes is refused."""
+        m = self.metadata
+        data = m.get("data", {})
+        return {"dataset": f"codes of {data.get('name')}", "source": data,
+                "split": m.get("split"), "num_videos": int(m["num_videos"]),
+                "vqvae_step": m.get("vqvae_step")}
+
 
 @dataclasses.dataclass(frozen=True)
 class CodeClipTransform:
@@ -256,4 +267,4 @@ def make_code_iterator(directory: str, clip_length: int, global_batch: int,
                                   with_labels=num_classes > 0, key=key), len(source),
         global_batch, sharding, seed=seed, train=train,
         worker_count=int(get("worker_count", 0)), prefetch=int(get("prefetch", 2)),
-        read_threads=int(get("read_threads", 2)))
+        read_threads=int(get("read_threads", 2)), identity=source.identity)

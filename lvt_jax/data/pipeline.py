@@ -24,8 +24,10 @@ Design (why it is built this way):
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import functools
+import json
 import math
 import os
 import queue
@@ -78,6 +80,8 @@ class VideoSource:
     extra_features: per-frame features decoded (and cached) with each video, leading axis
     the video's frames, e.g. INSTANCE_MASK. `source[i]` stays the video, so every caller
     that wants only videos is unaffected; `source.feature(i, name)` gives the others.
+    identity: what names this data (dataset, config and version, split sizes; JSON
+    values), stored with an iterator's state so a resume on other data is refused.
     """
 
     def __init__(
@@ -88,8 +92,10 @@ class VideoSource:
         num_frames: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         extra_features: Sequence[str] = (),
+        identity: Mapping[str, Any] | None = None,
     ):
         self._data_source = data_source
+        self.identity = dict(identity or {})
         self._feature = feature
         self._cache_size = cache_size
         self.extra_features = tuple(extra_features)
@@ -361,11 +367,19 @@ def load_videos(data_cfg: Any, split: str, features: Sequence[str] = ("video",))
             f"split {split!r} not in {builder.info.full_name}: choose from {available}{hint}."
         )
     index = builder.clip_index(split) if hasattr(builder, "clip_index") else {}
+    data_source = builder.as_data_source(split=split)
+    identity = {
+        "dataset": builder.info.full_name,  # name/config/version: config encodes sizes, seed
+        "split": split,
+        "num_videos": len(data_source),
+        "split_sizes": {k: int(v.num_examples) for k, v in sorted(builder.info.splits.items())},
+    }
     source = VideoSource(
-        builder.as_data_source(split=split),
+        data_source,
         num_frames=index.get("num_frames"),
         labels=index.get("label"),
         extra_features=extra,
+        identity=identity,
     )
     if extra and len(source):
         source.item(0)  # a missing or malformed feature fails here, not in a worker
@@ -573,7 +587,7 @@ class BatchIterator:
         prefetch: int,
         worker_count: int,
         read_threads: int,
-        state_info: dict[str, int],
+        state_info: dict[str, Any],
     ):
         self._reader = reader
         self._num_steps = num_steps
@@ -619,19 +633,30 @@ class BatchIterator:
             self.close()  # one pass done: release reader threads / worker processes now
         return batch
 
-    def get_state(self) -> dict[str, int]:
-        return {"step": self._step, **self._state_info}
+    def get_state(self) -> dict[str, Any]:
+        """{'step': batches consumed, 'seed', 'global_batch', 'num_items', 'data': identity}."""
+        return {"step": self._step, **copy.deepcopy(self._state_info)}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
+        """Resumes at state['step']; refuses a state saved with other settings or data.
+
+        Entries the saved state lacks (written by an older version) are not checked.
+        """
         if "step" not in state:
             raise ValueError(f"iterator state needs a 'step' entry, got keys {sorted(state)}.")
-        for key, value in self._state_info.items():
-            if key in state and int(state[key]) != value:
-                raise ValueError(
-                    f"iterator state was saved with {key}={int(state[key])} but this iterator "
-                    f"has {key}={value}; resuming would not continue the same batch sequence. "
-                    "Build the iterator with the same settings (or start a fresh one)."
-                )
+        differing = [
+            d
+            for key, value in self._state_info.items()
+            if key in state
+            for d in _differences(key, state[key], value)
+        ]
+        if differing:
+            raise ValueError(
+                "the iterator state was saved with other data or settings: "
+                f"{'; '.join(differing)}. Resuming would not continue the same batch sequence: "
+                "use the data and seed the run was trained with, or start a fresh run "
+                "(another --workdir)."
+            )
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"iterator state step must be >= 0, got {step}.")
@@ -674,6 +699,19 @@ class BatchIterator:
                 )
             )
         return iter(it_ds)
+
+
+def _differences(name: str, saved: Any, now: Any) -> list[str]:
+    """'name: saved (saved) vs now (now)' for every differing leaf of two JSON values."""
+    if isinstance(saved, Mapping) and isinstance(now, Mapping):
+        return [
+            d
+            for k in sorted(set(saved) | set(now), key=str)
+            for d in _differences(f"{name}.{k}", saved.get(k), now.get(k))
+        ]
+    if json.loads(json.dumps(saved)) == json.loads(json.dumps(now)):
+        return []
+    return [f"{name}: {saved!r} (saved) vs {now!r} (now)"]
 
 
 def _to_global(sharding: jax.sharding.NamedSharding | None, global_batch: int, batch: Batch) -> Any:
@@ -777,6 +815,7 @@ def make_array_iterator(
     read_threads: int = 2,
     process_index: int | None = None,
     process_count: int | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> BatchIterator:
     """Global batches of `transform(source, item, rng)` over items 0..num_items-1.
 
@@ -787,6 +826,8 @@ def make_array_iterator(
     sharding: batch sharding of the global arrays; None yields this process's local numpy
     rows instead (for tests and debugging). process_index / process_count override jax's
     (tests only; they require sharding=None unless they equal jax's values).
+    identity: what names the data (JSON values, e.g. VideoSource.identity); saved in the
+    iterator state, so a resume on other data (another seed, size or dataset) is refused.
     """
     num_items, global_batch, seed = int(num_items), int(global_batch), int(seed)
     if num_items < 1:
@@ -846,7 +887,12 @@ def make_array_iterator(
         prefetch=prefetch,
         worker_count=worker_count,
         read_threads=read_threads,
-        state_info={"seed": seed, "global_batch": global_batch, "num_items": num_items},
+        state_info={
+            "seed": seed,
+            "global_batch": global_batch,
+            "num_items": num_items,
+            "data": json.loads(json.dumps(dict(identity or {}))),
+        },
     )
 
 
@@ -934,6 +980,7 @@ def make_iterator(
         read_threads=int(_cfg_get(data_cfg, "read_threads", 2)),
         process_index=process_index,
         process_count=process_count,
+        identity=source.identity,
     )
 
 

@@ -25,6 +25,8 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
+from lvt_jax import fileio
+
 try:  # pragma: no cover - depends on the environment
     import google_crc32c as _google_crc32c
 except ImportError:  # pragma: no cover
@@ -90,7 +92,7 @@ def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
             f.write(record)
             f.write(struct.pack("<I", masked_crc32c(record)))
             count += 1
-    os.replace(tmp, path)
+    fileio.commit(tmp, path)  # flushed before the rename: never a truncated file
     return count
 
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lvt_jax import fileio
 from lvt_jax.data import video_decode, video_listing
 
 SUMMARY_FILE = "build_summary.json"
@@ -143,10 +144,7 @@ def part_paths(work_dir: str, split: str, part: int) -> tuple[str, str]:
 
 
 def write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.write_json(path, obj, indent=1)
 
 
 def read_json(path: str) -> Any:
@@ -203,7 +201,7 @@ def build_part(task: dict) -> dict:
             record["num_videos"] += 1
     finally:
         writer.close()
-    os.replace(tmp, data_path)
+    fileio.commit(tmp, data_path)  # flushed before the rename: never a truncated part
     record["num_examples"] = len(record["clip_ids"])
     record["num_bytes"] = os.path.getsize(data_path)
     record["seconds"] = round(time.perf_counter() - t0, 3)
@@ -340,7 +338,7 @@ def write_skipped(path: str, skipped: list[tuple]) -> None:
         f.write("split\tclip_id\treason\tpath\tdetail\n")
         for row in skipped:
             f.write("\t".join(str(x).replace("\t", " ").replace("\n", " ") for x in row) + "\n")
-    os.replace(tmp, path)
+    fileio.commit(tmp, path)
 
 
 # --------------------------------------------------------------------------- builder
