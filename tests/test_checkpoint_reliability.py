@@ -370,7 +370,7 @@ def test_stage2_resume_equals_uninterrupted(pipeline_run, tmp_path):
     assert changed  # steps 3-4 changed the parameters: the comparison is not vacuous
     with open(os.path.join(ckpts, "4", "data", "metadata")) as f:
         data = json.load(f)["data"]  # the codes' identity travels with the iterator state
-    assert data["dataset"] == "codes of synthetic_pushing" and data["vqvae_step"] == 4
+    assert data["dataset"] == "lvt_jax.codes/v1 of synthetic_pushing" and data["vqvae_step"] == 4
 
 
 # --------------------------------------------------------------------------- durability

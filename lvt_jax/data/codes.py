@@ -197,9 +197,9 @@ class CodeSource:
         iterator's state, so a resume on other codes is refused."""
         m = self.metadata
         data = m.get("data", {})
-        return {"dataset": f"codes of {data.get('name')}", "source": data,
-                "split": m.get("split"), "num_videos": int(m["num_videos"]),
-                "vqvae_step": m.get("vqvae_step")}
+        steps = {k: v for k, v in m.items() if k.endswith("_step")}  # vqvae / hdr_autoencoder
+        return {"dataset": f"{m.get('format')} of {data.get('name')}", "source": data,
+                "split": m.get("split"), "num_videos": int(m["num_videos"]), **steps}
 
 
 @dataclasses.dataclass(frozen=True)
