@@ -136,13 +136,16 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         enc_channels=(32, 32, 64),  # two stride-2 convs and one stride-1: H/4 x W/4 inputs
         iters_first=3, iters=1,    # slot-attention iterations on frame 0 / later frames
         assignment="kmeans",       # slot attention's logits: 'kmeans' (distance to centres) | 'dot'
+        stop_gradient_assignment=False,  # True: the segmentation is not trained by reconstruction
         static_dim=16,             # time-independent latent of an object slot
         dynamic_dim=8,             # time-varying latent per slot per frame (first 4: position, scale)
-        bg_channels=8,             # background's static map: bg_channels x H/4 x W/4
+        bg_channels=8,             # background's static map: bg_channels x H/4/bg_pool x W/4/bg_pool
+        bg_pool=2,                 # the map's cells: bg_pool x bg_pool encoder inputs (8 pixels)
         dec_channels=32,
         bg_decoder="smooth",       # 'smooth' (low-pass, behind the objects) | 'conv'
         alpha_envelope=True,       # object alphas: a Gaussian around the slot's frame, refined
         logvar_min=-10.0, logvar_max=4.0))
+    c.hdr.model.image_size = c.data.get_ref("image_size")
     c.hdr.autoencoder = ml_collections.ConfigDict()
     c.hdr.autoencoder.num_mask_ids = 5    # instance ids in the masks: table, gripper, 3 objects
     # Fine-tuning: start from another run's weights (a workdir or one of its checkpoints).
@@ -155,6 +158,7 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         # KL weights per pixel value of the clip (see stages/hdr_autoencoder.py)
         kl_static=0.01, kl_dynamic=0.01,
         kl_warmup_steps=0,             # KL weights ramp up linearly from 0 over these steps
+        mask_weight=0.05,              # alphas taught to follow slot attention (see the stage)
         mask_metrics="auto",           # FG-ARI and the swap test: auto (where masks exist) | on | off
         log_every=50, eval_every=500, eval_batches=4, eval_batch_size=8,
         checkpoint_every=500, keep=2, progress=True))

@@ -65,6 +65,21 @@ def make_optimizer(cfg: Any) -> optax.GradientTransformation:
                        optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
 
 
+def alpha_distillation(alphas: jax.Array, attn: jax.Array) -> jax.Array:
+    """Cross-entropy (nats per input position) from slot attention's segmentation (no
+    gradient) to the renderer's alphas averaged over each input's pixels: it teaches the
+    layers to appear where their slots attend, from the first step, so no slot is
+    switched off before it has learned to render (the background renders everything
+    blurrily long before an object slot renders anything sharply).
+    alphas [B, T, S, H, W], attn [B, T, S, h*w]."""
+    B, T, S, H, W = alphas.shape
+    n = attn.shape[-1]
+    h = w = int(round(n ** 0.5))
+    pooled = alphas.reshape(B, T, S, h, H // h, w, W // w).mean((4, 6)).reshape(B, T, S, n)
+    target = jax.lax.stop_gradient(attn)
+    return -jnp.mean(jnp.sum(target * jnp.log(pooled + 1e-6), axis=2))
+
+
 def clip_data_config(data_cfg: Any, clip_length: int) -> ml_collections.ConfigDict:
     """A copy of the data config whose clips have `clip_length` frames."""
     d = ml_collections.ConfigDict(data_cfg.to_dict())
@@ -114,10 +129,11 @@ class HDRAutoencoderStage(Stage):
         mse = jnp.mean((recon - video) ** 2)
         values = float(np.prod(video.shape[1:]))
         kl = (float(t.kl_static) * aux["kl_static"] + float(t.kl_dynamic) * aux["kl_dynamic"])
-        loss = mse + kl_scale * jnp.mean(kl) / values
+        masks = alpha_distillation(aux["alphas"], aux["enc"]["attn"])
+        loss = mse + kl_scale * jnp.mean(kl) / values + float(t.get("mask_weight", 0.0)) * masks
         psnr = jnp.mean(M.psnr(M.to_unit(recon).reshape(B * T, *self.image_shape),
                                M.to_unit(video).reshape(B * T, *self.image_shape)))
-        return loss, {"loss": loss, "recon_mse": mse, "psnr": psnr,
+        return loss, {"loss": loss, "recon_mse": mse, "psnr": psnr, "mask_ce": masks,
                       "kl_static": jnp.mean(aux["kl_static"]),
                       "kl_dynamic": jnp.mean(aux["kl_dynamic"])}
 

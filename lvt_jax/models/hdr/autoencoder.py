@@ -57,8 +57,9 @@ class HDRAutoencoder(nn.Module):
         c = self.config
         self.num_slots = int(c.num_objects) + 1
         self.encoder = FrameEncoder(tuple(c.enc_channels), int(c.slot_dim))
-        self.slot_attention = SlotAttention(int(c.slot_dim), int(c.mlp_dim),
-                                            str(c.get("assignment", "kmeans")))
+        self.slot_attention = SlotAttention(
+            int(c.slot_dim), int(c.mlp_dim), str(c.get("assignment", "kmeans")),
+            bool(c.get("stop_gradient_assignment", True)))
         self.slot_predictor = SlotPredictor(int(c.slot_dim), int(c.mlp_dim))
         self.init_slots = self.param(
             "init_slots", nn.with_logical_partitioning(nn.initializers.normal(1.0),
@@ -70,7 +71,8 @@ class HDRAutoencoder(nn.Module):
         self.object_decoder = ObjectDecoder(int(c.dec_channels),
                                             envelope=bool(c.get("alpha_envelope", True)))
         self.background_decoder = BackgroundDecoder(int(c.dec_channels),
-                                                    str(c.get("bg_decoder", "smooth")))
+                                                    str(c.get("bg_decoder", "smooth")),
+                                                    int(c.image_size))
 
     # --- inference -------------------------------------------------------------------
     def initial_state(self, batch: int) -> dict:
@@ -122,11 +124,17 @@ class HDRAutoencoder(nn.Module):
         ref = jnp.concatenate([jnp.stack(all_pos, 1), jnp.stack(all_scale, 1)], -1)
         dyn_mu = jnp.concatenate([ref, dyn_mu[..., FRAME_DIMS:]], -1)
         obj_mu, obj_logvar = L.split_gaussian(self.static_head(slots[:, :, 1:]), lo, hi)
+        # The background's static map is coarser than the inputs (bg_pool x bg_pool cells
+        # each): fine enough for a table's texture, too coarse to hold a 10-pixel object,
+        # so the objects (even those that never move) are worth an object slot.
+        f = int(c.get("bg_pool", 1))
+        pool = lambda x: x.reshape(B, T, h // f, f, w // f, f, x.shape[-1]).mean((3, 5))
         bg_mu, bg_logvar = L.split_gaussian(
-            self.bg_head(feats.reshape(B, T, h, w, D)), lo, hi)
+            pool(self.bg_head(feats.reshape(B, T, h, w, D))), lo, hi)
+        bg_weight = pool(attn[:, :, 0].reshape(B, T, h, w, 1))
         return dict(slots=slots, attn=attn, dyn_mu=dyn_mu, dyn_logvar=dyn_logvar,
                     obj_mu=obj_mu, obj_logvar=obj_logvar, bg_mu=bg_mu, bg_logvar=bg_logvar,
-                    bg_weight=attn[:, :, 0].reshape(B, T, h, w, 1),
+                    bg_weight=bg_weight,
                     state=state)
 
     def static_posterior(self, enc: dict, length: jax.Array) -> dict:

@@ -70,6 +70,7 @@ class BackgroundDecoder(nn.Module):
     """
     channels: int = 32
     kind: str = "smooth"
+    out_size: int = 64
 
     @nn.compact
     def __call__(self, bg_map: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -79,8 +80,8 @@ class BackgroundDecoder(nn.Module):
         if self.kind == "smooth":
             h = nn.relu(dense(self.channels, "fc1", axes=("latent", "embed"))(h))
             rgb = dense(3, "fc2", axes=("embed", "latent"))(h)
-            n, gh, gw, _ = rgb.shape
-            rgb = jax.image.resize(rgb, (n, 4 * gh, 4 * gw, 3), "bilinear")
+            rgb = jax.image.resize(rgb, (rgb.shape[0], self.out_size, self.out_size, 3),
+                                   "bilinear")
             return rgb, jnp.zeros(rgb.shape[:-1], rgb.dtype)
         h = nn.relu(Conv(self.channels, 3, padding=1, name="conv1")(h))
         h = nn.relu(Conv(self.channels, 3, padding=1, name="conv2")(h))

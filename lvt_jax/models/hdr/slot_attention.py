@@ -52,6 +52,10 @@ class SlotAttention(nn.Module):
     slot_dim: int
     mlp_dim: int
     assignment: str = "kmeans"
+    # Treat the segmentation as perception: no gradient flows into the attention weights
+    # (nor the positions and scales derived from them); reconstruction trains the encoder
+    # through the values, and the renderer's alphas are taught to follow the attention.
+    stop_gradient_assignment: bool = True
     eps: float = 1e-8
 
     def setup(self):
@@ -107,6 +111,8 @@ class SlotAttention(nn.Module):
             d = (coords[None, None] - pos[:, :, None]) / jnp.exp(log_scale)[:, :, None]
             logits = logits - 0.5 * jnp.sum(d * d, -1) * local[None, :, None]
             attn = jax.nn.softmax(logits, axis=1)
+            if self.stop_gradient_assignment:
+                attn = jax.lax.stop_gradient(attn)
             w = attn / (jnp.sum(attn, axis=-1, keepdims=True) + self.eps)
             updates = jnp.einsum("bsn,bnd->bsd", w, v)
             pos, log_scale = reference_frames(w, coords)
