@@ -315,6 +315,16 @@ class Checkpointer:
     def step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
+    def restore_step(self, step: int, abstract_state: Any, config: Any = None
+                     ) -> tuple[Any, dict]:
+        """(state, data-iterator state) of one given step, verified like `restore` (an
+        unusable step raises CheckpointError naming why; no fallback)."""
+        try:
+            return self._restore_step(step, abstract_state, config)
+        except _Unusable as e:
+            raise CheckpointError(f"step {step} in {self.step_dir(step)} cannot be used: {e}") \
+                from None
+
     def _restore_step(self, step: int, abstract_state: Any, config: Any) -> tuple[Any, dict]:
         try:
             saved_tree = self.manager.item_metadata(step)["state"]

@@ -220,7 +220,7 @@ def test_inloop_fvd_hook_during_a_tiny_stage2_run(pipeline_run, tmp_path, monkey
     bound = trainer.ShardedStage(TransformerStage(cfg, str(workdir)), mesh,
                                  shd.rules_from_config(cfg))
     ckpt = trainer.checkpointer_for(bound.stage, str(workdir), async_save=False)
-    state, _, _ = ckpt.restore(bound.abstract, step=2)
+    state, _ = ckpt.restore_step(2, bound.abstract)
     ckpt.close()
     gen = hooks[0][0]._ready[0]
     clips = evaluate.load_clips(cfg, "test", 3, gen.num_frames)
