@@ -83,7 +83,7 @@ def check_checkpoints(workdir: str, system: str = "lvt", mode: str = "evaluate")
     """Both stages must have a checkpoint: say which mode produces the missing one, and
     when the workdir holds the other system's stages instead, say so."""
     other = {"lvt": "hdr", "hdr": "lvt"}[system]
-    for stage, mode in SYSTEM_STAGES[system]:
+    for stage, trains_it in SYSTEM_STAGES[system]:
         d = os.path.join(workdir, stage, "checkpoints")
         steps = [n for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
         if not steps:
@@ -94,7 +94,7 @@ def check_checkpoints(workdir: str, system: str = "lvt", mode: str = "evaluate")
                     if theirs else "")
             raise FileNotFoundError(
                 f"--mode={mode} needs a trained '{stage}' stage but {d} holds no checkpoint; "
-                f"run --mode={mode} first (or point --workdir at a run that did).{hint}")
+                f"run --mode={trains_it} first (or point --workdir at a run that did).{hint}")
 
 
 def load_clips(config: Any, split: str, count: int, num_frames: int) -> np.ndarray:
@@ -227,6 +227,8 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
     `generator` / `extractor` replace the trained stages / the I3D (tests use stand-ins).
     """
     check_config(config)
+    if generator is None:  # which stages are missing (or of the other system): in seconds
+        check_checkpoints(workdir, str(config.get("system", "lvt")))
     ev = config.eval
     t_start = time.perf_counter()
     # Everything that can be checked from the config and the data, before loading or compiling.
@@ -241,7 +243,6 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
     min_frames = extractor.min_frames if extractor is not None else i3d.MIN_FRAMES
     if generator is None:
         _check_frames(int(config.data.clip_length), min_frames)
-        check_checkpoints(workdir, str(config.get("system", "lvt")))
     mesh = shd.make_mesh(config.mesh)
     if generator is None:
         from lvt_jax import generate

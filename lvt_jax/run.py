@@ -149,7 +149,6 @@ def evaluate(config: Any, workdir: str | None) -> dict:
 
 def sample(config: Any, workdir: str | None) -> dict:
     """Continues test videos (or config.sample.prime) -> WORKDIR/samples/ (mp4, gif, png)."""
-    from lvt_jax import evaluate as evaluate_lib
     from lvt_jax import sample_mode
     workdir = _need_workdir(workdir, "sample")
     mesh = shd.make_mesh(config.mesh)
@@ -159,7 +158,6 @@ def sample(config: Any, workdir: str | None) -> dict:
     else:
         from lvt_jax import validate
         validate.sample(config, mesh)
-    evaluate_lib.check_checkpoints(workdir, _system(config), mode="sample")
     return sample_mode.run(config, workdir)
 
 

@@ -112,6 +112,8 @@ def run(config: Any, workdir: str) -> dict:
     out_dir = os.path.join(workdir, "samples")
     mesh = shd.make_mesh(config.mesh)
     prime, real, labels, source = priming_videos(config)  # bad input fails before compiling
+    from lvt_jax.evaluate import check_checkpoints
+    check_checkpoints(workdir, str(config.get("system", "lvt")), mode="sample")
     gen = generate.from_workdir(config, workdir, mesh)
     n = len(prime)
     progress = SliceProgress(gen.num_batches(n) * gen.slices_per_clip(),

@@ -27,6 +27,17 @@ def model(config: Any) -> None:
     if int(d.image_size) % 4:
         raise ValueError(f"data.image_size={d.image_size}: HDR's encoder and renderers work "
                          "at a quarter of the resolution; use a multiple of 4.")
+    pool = int(m.get("bg_pool", 1))
+    if pool < 1 or (int(d.image_size) // 4) % pool:
+        raise ValueError(f"hdr.model.bg_pool={pool} must be >= 1 and divide the encoder's "
+                         f"{int(d.image_size) // 4}x{int(d.image_size) // 4} grid.")
+    if str(m.get("bg_decoder", "smooth")) not in ("smooth", "conv"):
+        raise ValueError(f"hdr.model.bg_decoder={m.bg_decoder!r}: choose 'smooth' or 'conv'.")
+    if str(m.get("bg_decoder", "smooth")) == "conv" and pool != 1:
+        raise ValueError("hdr.model.bg_decoder='conv' renders at 4x its map: set "
+                         "--config.hdr.model.bg_pool=1 (or use the 'smooth' decoder).")
+    if str(m.get("assignment", "kmeans")) not in ("kmeans", "dot"):
+        raise ValueError(f"hdr.model.assignment={m.assignment!r}: choose 'kmeans' or 'dot'.")
 
 
 def autoencoder(config: Any, mesh: Mesh) -> None:

@@ -105,8 +105,9 @@ class SlotAttention(nn.Module):
                 q = self.to_q(self.norm_slots(slots))
                 logits = jnp.einsum("bsd,bnd->bsn", q, k) * self.slot_dim ** -0.5
             else:
-                d2 = (jnp.sum(k * k, -1)[:, None, :] - 2 * jnp.einsum("bsd,bnd->bsn", centres, k)
-                      + jnp.sum(centres * centres, -1)[:, :, None])
+                # The difference, not |k|^2 - 2kc + |c|^2: no cancellation, so the
+                # (sharp) assignment is the same whatever the sharding's summation order.
+                d2 = jnp.sum((k[:, None] - centres[:, :, None]) ** 2, -1)
                 logits = -0.5 * d2 / jnp.exp(2 * self.log_temperature)
             d = (coords[None, None] - pos[:, :, None]) / jnp.exp(log_scale)[:, :, None]
             logits = logits - 0.5 * jnp.sum(d * d, -1) * local[None, :, None]
