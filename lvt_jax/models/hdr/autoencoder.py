@@ -56,10 +56,12 @@ class HDRAutoencoder(nn.Module):
     def setup(self):
         c = self.config
         self.num_slots = int(c.num_objects) + 1
-        self.encoder = FrameEncoder(tuple(c.enc_channels), int(c.slot_dim))
+        self.encoder = FrameEncoder(tuple(c.enc_channels), int(c.slot_dim),
+                                    position_embedding=str(c.get("assignment", "kmeans")) == "dot")
         self.slot_attention = SlotAttention(
             int(c.slot_dim), int(c.mlp_dim), str(c.get("assignment", "kmeans")),
-            bool(c.get("stop_gradient_assignment", True)))
+            bool(c.get("stop_gradient_assignment", True)),
+            float(c.get("seed_sharpness", 0.0)))
         self.slot_predictor = SlotPredictor(int(c.slot_dim), int(c.mlp_dim))
         self.init_slots = self.param(
             "init_slots", nn.with_logical_partitioning(nn.initializers.normal(1.0),
