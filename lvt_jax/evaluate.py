@@ -227,7 +227,9 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
     `generator` / `extractor` replace the trained stages / the I3D (tests use stand-ins).
     """
     check_config(config)
-    if generator is None:  # which stages are missing (or of the other system): in seconds
+    min_frames = extractor.min_frames if extractor is not None else i3d.MIN_FRAMES
+    if generator is None:  # the clips, then which stages are missing: in seconds
+        _check_frames(int(config.data.clip_length), min_frames)
         check_checkpoints(workdir, str(config.get("system", "lvt")))
     ev = config.eval
     t_start = time.perf_counter()
@@ -240,9 +242,6 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
     if num_real < per_trial:
         raise ValueError(f"split {split!r} has {split_size} videos, fewer than "
                          f"eval.videos_per_trial={per_trial}; lower it.")
-    min_frames = extractor.min_frames if extractor is not None else i3d.MIN_FRAMES
-    if generator is None:
-        _check_frames(int(config.data.clip_length), min_frames)
     mesh = shd.make_mesh(config.mesh)
     if generator is None:
         from lvt_jax import generate

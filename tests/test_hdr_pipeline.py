@@ -96,7 +96,7 @@ def test_sampling_the_wrong_or_an_empty_workdir_says_what_to_run(hdr_pipeline_ru
                                                 r"holds LVT stages"):
         run.run(cfg, lvt_workdir, "sample")
     with pytest.raises(FileNotFoundError, match=r"'vqvae'.*--mode=train_vqvae.*holds HDR stages"):
-        run.run(lvt_cfg, hdr_workdir, "evaluate")
+        run.run(lvt_cfg, hdr_workdir, "sample")
     with pytest.raises(FileNotFoundError, match=r"--mode=sample needs a trained 'hdr_autoencoder'"):
         run.run(cfg, str(tmp_path), "sample")
 

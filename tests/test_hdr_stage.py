@@ -35,13 +35,16 @@ def test_sharded_step_equals_single_device(tmp_path, data, fsdp, tensor):
     cfg = hdr_tiny(tmp_path)
     ref_state, ref_m = _one_step(cfg, mesh_of(1))
     state, m = _one_step(cfg, mesh_of(8, data, fsdp, tensor))
-    # Slot attention's soft k-means assignment (3 iterations, temperature 1) amplifies the
-    # float32 reassociation of a tensor-parallel all-reduce about 100-fold (LVT's step:
-    # none), hence 1e-4 here where LVT's test uses 1e-5; a sharding error (a missing or
-    # doubled reduction) moves these by 1e-2 or more.
+    # Slot attention's soft k-means assignment (iterated, temperature 1) amplifies the
+    # float32 reassociation of a tensor-parallel all-reduce (LVT's step has nothing like
+    # it): the loss agrees to 1e-4 here where LVT's test asks 1e-5, and single gradient
+    # entries of a few 1e-3 (Adam's first moment after one step: 0.1 x the gradient) to
+    # a few percent. A sharding error (a missing or doubled reduction over the data axis)
+    # changes gradients by 2x or more.
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-4)
-    assert_trees_close(state.params, ref_state.params, atol=1e-4)
-    assert_trees_close(state.opt_state, ref_state.opt_state, atol=1e-4)
+    np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-3)
+    assert_trees_close(state.params, ref_state.params, atol=1e-5)
+    assert_trees_close(state.opt_state, ref_state.opt_state, atol=2e-5, rtol=5e-2)
     if fsdp > 1:  # parameters really are split across the fsdp axis
         k = state.params["encoder"]["conv2"]["kernel"]
         assert "fsdp" in str(k.sharding.spec)
