@@ -96,17 +96,31 @@ def test_videos(config, count: int, first: int = 0) -> np.ndarray:
 
 
 # --- trained stages ------------------------------------------------------------------------
+def missing_stage(config, workdir: str) -> str | None:
+    """A sentence naming the first stage of the config's system without a checkpoint in
+    `workdir` and how to get one, or None when both stages have checkpoints."""
+    from lvt_jax.evaluate import SYSTEM_STAGES
+    system = str(config.get("system", "lvt"))
+    for stage, mode in SYSTEM_STAGES[system]:
+        d = os.path.join(workdir, stage, "checkpoints")
+        if not (os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))):
+            how = ("quickstart.ipynb, or import the reference weights with REFERENCE_VQVAE /"
+                   " REFERENCE_TRANSFORMER" if system == "lvt" else "TRAIN_IF_MISSING")
+            return (f"WORKDIR {workdir!r} holds no checkpoint of the {system.upper()} stage "
+                    f"'{stage}': train it (python -m lvt_jax.main --mode={mode}, or {how}) "
+                    "or point WORKDIR at a run that did.")
+    return None
+
+
 def load_generator(config, workdir: str):
     """Both trained stages of `workdir` (LVT or HDR, as the config says), ready to sample;
-    a workdir without checkpoints of both stages is a NotebookError naming the mode."""
+    a workdir without checkpoints of both stages is a NotebookError naming the stage."""
     from lvt_jax import generate
     from lvt_jax import sharding as shd
-    from lvt_jax.evaluate import check_checkpoints
-    if not os.path.isdir(workdir):
-        raise NotebookError(f"workdir {workdir!r} does not exist: train one (quickstart."
-                            "ipynb) or import the reference release's weights.")
+    problem = missing_stage(config, workdir)
+    if problem:
+        raise NotebookError(problem)
     with readable_errors():
-        check_checkpoints(workdir, str(config.get("system", "lvt")), mode="sample")
         return generate.from_workdir(config, workdir, shd.make_mesh(config.mesh))
 
 
@@ -130,16 +144,6 @@ def import_reference(config, workdir: str, vqvae: str = "", transformer: str = "
                             "REFERENCE_TRANSFORMER (paths to the release's files).")
     return (f"imported {', '.join(done) or 'nothing'} into {workdir}"
             + (f"; kept the checkpoints already there for {', '.join(kept)}" if kept else ""))
-
-
-def has_checkpoints(config, workdir: str) -> bool:
-    """Whether `workdir` holds checkpoints of both stages of the config's system."""
-    from lvt_jax.evaluate import check_checkpoints
-    try:
-        check_checkpoints(workdir, str(config.get("system", "lvt")))
-    except FileNotFoundError:
-        return False
-    return True
 
 
 # --- a user's video --------------------------------------------------------------------------

@@ -42,8 +42,10 @@ def repository(root: str = ROOT) -> str:
 
 
 def notebook_paths(root: str = ROOT) -> list[str]:
+    """notebooks/*.ipynb, the quickstart first."""
     d = os.path.join(root, "notebooks")
-    return sorted(os.path.join("notebooks", n) for n in os.listdir(d) if n.endswith(".ipynb"))
+    names = sorted((n != "quickstart.ipynb", n) for n in os.listdir(d) if n.endswith(".ipynb"))
+    return [os.path.join("notebooks", n) for _, n in names]
 
 
 def colab_url(repo: str, path: str) -> str:
@@ -96,7 +98,8 @@ def with_repository(nb: dict, repo: str) -> dict:
 
 
 def dumps(nb: dict) -> str:
-    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    """As Jupyter writes notebooks (nbformat: indent 1, sorted keys)."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _readme_block(readme: str) -> str | None:
