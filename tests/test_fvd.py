@@ -1,7 +1,6 @@
 """FVD: Frechet distance against scipy, TF1 resize, real I3D behaviour, sharding, cache."""
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ import scipy.ndimage
 from lvt_jax.fvd import FeatureExtractor, cached_features, fit, frechet_distance, fvd
 from lvt_jax.fvd.frechet import Gaussian
 from lvt_jax.fvd.preprocess import preprocess, resize_matrix
+from lvt_jax.fvd.stand_in import stand_in  # also used by test_evaluate
 from tests.helpers import mesh_of
 
 
@@ -182,26 +182,6 @@ def test_i3d_input_errors(i3d_run):
 
 
 # ----------------------------------------------------------------- sharding and cache
-
-
-class StandIn(nn.Module):
-    """A small video network: the extractor's sharding and padding do not depend on it."""
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3, 3), strides=(1, 2, 2))(x))
-        return nn.Dense(16)(x.mean(axis=(1, 2, 3)))
-
-
-def stand_in(size=16):
-    """(module, variables); weights drawn with numpy (no init program to compile)."""
-    module = StandIn()
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 4, size, size, 3)))
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32),
-        shapes)
-    return module, variables
 
 
 def clips_of(n, seed=0, t=4):

@@ -88,6 +88,7 @@ class HDRGenerator(BatchedGenerator):
 
         self._sample_chunk = jax.jit(sample_chunk)
         self._decode = jax.jit(decode)
+        self._encode = jax.jit(lambda p, v: prime(p, v)[:3])
         self._reconstruct = jax.jit(lambda p, v: to_uint8(ae.apply(
             {"params": p}, M.to_model_input(v))[0]))
 
@@ -163,6 +164,15 @@ class HDRGenerator(BatchedGenerator):
         frames = self._check_frames(frames)
         return self._run(lambda v: (self._reconstruct(self.ae_params, v),), frames,
                          n=len(frames))[0]
+
+    def encode(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """A real video's latents, what `render` takes back: uint8 [B, T, H, W, 3] ->
+        {'static' [B, K, Ds] and 'background' [B, h, w, Cb] pooled over all T frames,
+        'dynamic' [B, T, S, Dd]} (the priming step of sampling, over every frame)."""
+        frames = self._check_frames(frames)
+        obj, bg, dyn = self._run(lambda v: self._encode(self.ae_params, v), frames,
+                                 n=len(frames))
+        return {"static": obj, "background": bg, "dynamic": dyn}
 
     def render(self, static: np.ndarray, background: np.ndarray, dynamic: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
