@@ -161,7 +161,7 @@ def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
             "data": data}
 
 
-def _check_spec(directory: str, spec: dict, pid: int) -> None:
+def _check_spec(directory: str, spec: dict, pid: int = 0) -> None:
     """Process 0 records the spec of a new split; every process compares an existing one."""
     path = fileio.join(directory, "spec.json")
     old = codes_lib.read_json(path)
