@@ -146,8 +146,9 @@ def listdir(path: str) -> list[str]:
     fs, p = filesystem(path)
     if not fs.isdir(p):
         raise FileNotFoundError(f"no folder {path}")
-    names = (posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False))
-    return [n for n in names if n]
+    own = p.rstrip("/")  # some stores list the folder itself among its entries
+    entries = [e.rstrip("/") for e in fs.ls(p, detail=False)]
+    return [posixpath.basename(e) for e in entries if e and e != own]
 
 
 def getsize(path: str) -> int:
@@ -244,19 +245,22 @@ def read_json(path: str) -> Any:
 
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
-    """A local file name holding `path`'s contents (a file or a folder of files), for
-    libraries that read local files only (video decoders); downloaded for a URL."""
+    """A local name holding `path`'s contents (a file, or a folder with everything below
+    it), for libraries that read local files only (video decoders, torch); downloaded for
+    a URL, deleted after the block."""
     if not is_remote(path):
         yield _local(path)
         return
     fs, p = filesystem(path)
+    p = p.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="lvt_jax-") as tmp:
         local = os.path.join(tmp, basename(path) or "file")
         if fs.isdir(p):
-            os.makedirs(local)
-            for name in listdir(path):
-                if fs.isfile(posixpath.join(p, name)):
-                    fs.get_file(posixpath.join(p, name), os.path.join(local, name))
+            for f in fs.find(p):
+                rel = f.rstrip("/")[len(p):].lstrip("/")
+                os.makedirs(os.path.dirname(os.path.join(local, rel)), exist_ok=True)
+                fs.get_file(f, os.path.join(local, rel))
+            os.makedirs(local, exist_ok=True)
         else:
             fs.get_file(p, local)
         yield local

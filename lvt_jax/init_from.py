@@ -26,6 +26,7 @@ a fine-tuning run resumes it, never the source (the log says so).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 from typing import Any, Callable
@@ -144,7 +145,10 @@ def load_source(config: Any, section: str, spec: str) -> dict:
                             "finished checkpoint; train that stage first, or pass another run.")
     from lvt_jax.tools import import_reference as ref
     try:
-        params, extra, step = ref.reference_variables(config, section, spec)
+        with contextlib.ExitStack() as stack:  # the release's files in a bucket: local copies
+            local = ",".join(stack.enter_context(fileio.local_copy(p.strip()))
+                             for p in spec.split(","))
+            params, extra, step = ref.reference_variables(config, section, local)
     except ref.ReferenceImportError as e:
         hints = suggest_fields(config[section].get("model", {}), section,
                                [(n, w, g) for n, w, g in e.mismatched])

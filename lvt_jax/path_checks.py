@@ -24,13 +24,15 @@ from lvt_jax import fileio
 log = logging.getLogger(__name__)
 
 PATH_FIELDS = ("data_dir", "codes_dir", "init_from", "prime")  # config fields naming paths
+SOURCE_FIELDS = ("bair_source_dir", "source_dir")  # raw videos to prepare: local only
 MARKER_PREFIX = ".lvt_jax-shared-check-"
 SHARED_HELP = ("every process must read and write the same workdir: use a bucket "
                "(--workdir=gs://BUCKET/RUN, with pip install -e '.[gcs]') or a filesystem "
                "mounted at the same path on every host (NFS, Filestore, Lustre)")
 
 
-def config_paths(config: Any) -> Iterator[tuple[str, str]]:
+def config_paths(config: Any, fields: tuple[str, ...] = PATH_FIELDS
+                 ) -> Iterator[tuple[str, str]]:
     """(field, path) of every path the config names (init_from may list several)."""
     def walk(node: Any, prefix: str) -> Iterator[tuple[str, str]]:
         items = node.items() if hasattr(node, "items") else ()
@@ -38,7 +40,7 @@ def config_paths(config: Any) -> Iterator[tuple[str, str]]:
             name = f"{prefix}{key}"
             if hasattr(value, "items"):
                 yield from walk(value, name + ".")
-            elif key in PATH_FIELDS and isinstance(value, str) and value:
+            elif key in fields and isinstance(value, str) and value:
                 for part in value.split(","):
                     if part.strip():
                         yield name, part.strip()
@@ -82,6 +84,10 @@ def check(config: Any, workdir: str | None) -> None:
                 if workdir and fileio.is_remote(workdir) else None]
     problems += [access_problem(what, path, write=False)
                  for what, path in config_paths(config) if fileio.is_remote(path)]
+    problems += [f"{what}={path}: source videos are read from a local folder; copy them to "
+                 "this machine (e.g. gcloud storage cp -r) or mount the bucket (gcsfuse). "
+                 "The prepared dataset may live in a bucket: data.data_dir=gs://..."
+                 for what, path in config_paths(config, SOURCE_FIELDS) if fileio.is_remote(path)]
     problems = [p for p in problems if p]
     if jax.process_count() == 1:
         if problems:

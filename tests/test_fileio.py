@@ -275,3 +275,29 @@ def test_checkpoint_steps_in_a_bucket_count_only_committed_ones():
         ckpt.directory = root
         assert ckpt.steps() == [2]
         assert not os.path.exists("gs:")  # no local folder named 'gs:'
+
+
+def test_local_copy_of_a_folder_in_a_bucket_holds_everything_below_it(bucket):
+    """For readers of local files only (torch for the reference release's netE/ netG/
+    netC/ folders, video decoders for a prime video)."""
+    for rel in ("netE/model_final.pth", "netG/model_final.pth", "netG/last_checkpoint"):
+        fileio.write_text(fileio.join(bucket, "ref", rel), rel)
+    with fileio.local_copy(fileio.join(bucket, "ref")) as local:
+        found = sorted(os.path.relpath(os.path.join(d, n), local)
+                       for d, _, names in os.walk(local) for n in names)
+        assert found == ["netE/model_final.pth", "netG/last_checkpoint", "netG/model_final.pth"]
+        assert open(os.path.join(local, "netG", "last_checkpoint")).read() == "netG/last_checkpoint"
+    assert not os.path.exists(local)  # deleted after the block
+    with fileio.local_copy(fileio.join(bucket, "ref", "netE", "model_final.pth")) as one:
+        assert open(one).read() == "netE/model_final.pth"
+
+
+def test_source_videos_in_a_bucket_are_refused_naming_the_alternative(tiny_data_dir):
+    from lvt_jax import run
+    from tests.helpers import tiny_config
+    cfg = tiny_config(tiny_data_dir)
+    cfg.data.kinetics.source_dir = "gs://b/kinetics"
+    with pytest.raises(fileio.PathAccessError,
+                       match=r"data\.kinetics\.source_dir=gs://b/kinetics: source videos .* "
+                             r"local folder.*data\.data_dir=gs://"):
+        run.run(cfg, None, "summary")

@@ -37,12 +37,13 @@ def _env(devices: int):
     return env
 
 
-def _launch(workdir, flags, nproc=2, devices=1, python=sys.executable,
-            timeout=600) -> tuple[int, str]:
+def _launch(workdir, flags, nproc=2, devices=1, python=sys.executable, timeout=600,
+            **env_vars) -> tuple[int, str]:
     """launch/local_multiprocess.sh WORKDIR FLAGS...; its whole process group is killed if
     it outlives `timeout` (a hung collective must not hang the test suite)."""
     env = dict(_env(1), PORT=str(portpicker.pick_unused_port()), PYTHON=python,
-               NPROC=str(nproc), DEVICES=str(devices), XLA_EXTRA_FLAGS=PATIENT_COLLECTIVES)
+               NPROC=str(nproc), DEVICES=str(devices), XLA_EXTRA_FLAGS=PATIENT_COLLECTIVES,
+               **env_vars)
     proc = subprocess.Popen(["bash", SCRIPT, str(workdir), *flags], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -72,12 +73,16 @@ def test_four_processes_of_two_devices_train_save_and_resume_like_one_of_eight(
     from it (every process restores its part) and trains step 3; equal to one process
     with 8 devices training 3 steps straight."""
     multi = tmp_path / "multi"
-    code, out = _launch(multi, _flags(tiny_data_dir, 2), nproc=4, devices=2)
+    # the second launch reuses the first one's compiled programs (same shapes, same mesh)
+    cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    code, out = _launch(multi, _flags(tiny_data_dir, 2), nproc=4, devices=2, **cache)
     assert code == 0, out[-3000:]
     state_dir = multi / "vqvae" / "checkpoints" / "2" / "state"
     writers = sorted(p.name for p in state_dir.iterdir() if p.name.startswith("ocdbt.process_"))
     assert writers == [f"ocdbt.process_{i}" for i in range(4)], writers  # own shards each
-    code, out = _launch(multi, _flags(tiny_data_dir, 3), nproc=4, devices=2)
+    code, out = _launch(multi, _flags(tiny_data_dir, 3), nproc=4, devices=2, **cache)
     assert code == 0, out[-3000:]
     assert "vqvae: resumed from step 2" in out, out[-3000:]
 
