@@ -38,8 +38,8 @@ pack_code() {
       echo "revision $revision is not in $repo: git fetch it first" >&2; exit 2; }
     step git -C "$repo" archive --format=tar.gz -o "$tarball" "$revision"
   else
-    step bash -c "cd $(q "$repo") && git ls-files -z --cached --others --exclude-standard \
-| tar --null --ignore-failed-read -czf $(q "$tarball") -T -"
+    step bash -c "set -o pipefail; cd $(q "$repo") && git ls-files -z --cached --others \
+--exclude-standard | tar --null --ignore-failed-read -czf $(q "$tarball") -T -"
   fi
 }
 
