@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lvt_jax import fileio
 from lvt_jax import sharding as shd
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,14 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = os.path.abspath(directory)
+        self.directory = fileio.absolute(directory)
         self.keep, self.async_save, self.read_only = int(keep), bool(async_save), read_only
         self._in_flight: int | None = None  # a save handed to orbax, not known complete
         self._failed = False
         self.manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager | None:
-        if self.read_only and not os.path.isdir(self.directory):
+        if self.read_only and not fileio.isdir(self.directory):
             return None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if self.read_only else self.keep, create=not self.read_only,
@@ -190,11 +191,15 @@ class Checkpointer:
 
     # -- what is on disk
     def steps(self) -> list[int]:
-        """Complete steps on disk, ascending (unfinished saves are temporary directories)."""
-        if not os.path.isdir(self.directory):
+        """Complete steps, ascending. Unfinished saves are temporary directories locally;
+        in an object store (no atomic rename) orbax writes into the step's folder and
+        marks it complete last (commit_success.txt), which is checked instead."""
+        if not fileio.isdir(self.directory):
             return []
-        return sorted(int(n) for n in os.listdir(self.directory)
-                      if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
+        remote = fileio.is_remote(self.directory)
+        return sorted(int(n) for n in fileio.listdir(self.directory)
+                      if n.isdigit() and fileio.isdir(self.step_dir(int(n)))
+                      and (not remote or ocp.path.step.is_path_finalized(self.step_dir(int(n)))))
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -210,15 +215,21 @@ class Checkpointer:
     # -- saving
     def check_writable(self) -> None:
         """Fails now, naming the folder, if checkpoints could not be written there."""
-        probe = os.path.join(self.directory, f".write-probe-{jax.process_index()}-{os.getpid()}")
+        probe = fileio.join(self.directory,
+                            f".write-probe-{jax.process_index()}-{os.getpid()}")
         try:
-            os.mkdir(probe)
-            os.rmdir(probe)
-        except OSError as e:
+            if fileio.is_remote(probe):  # an object store: write and delete an object
+                fileio.write_bytes(probe, b"")
+                fileio.remove(probe)
+            else:
+                os.mkdir(probe)
+                os.rmdir(probe)
+        except Exception as e:  # noqa: BLE001 - OSError locally; any client error remotely
+            why = _os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {_brief(e)}"
             raise CheckpointSaveError(
-                f"cannot write checkpoints to {self.directory}: {_os_error(e)}. Make the folder "
-                "writable (and check that there is free space) or point --workdir elsewhere."
-            ) from e
+                f"cannot write checkpoints to {self.directory}: {why}. Make the folder "
+                "writable (and check that there is free space, or for a bucket the "
+                "credentials) or point --workdir elsewhere.") from e
 
     def save(self, step: int, state: Any, data_state: dict | None, config: Any = None,
              force: bool = False) -> None:
@@ -313,7 +324,7 @@ class Checkpointer:
             f"stage afresh by moving {self.directory} aside (or use another --workdir).")
 
     def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return fileio.join(self.directory, str(step))
 
     def restore_step(self, step: int, abstract_state: Any, config: Any = None
                      ) -> tuple[Any, dict]:
@@ -330,8 +341,8 @@ class Checkpointer:
             saved_tree = self.manager.item_metadata(step)["state"]
         except Exception as e:  # noqa: BLE001
             raise _Unusable(f"its array index (state/_METADATA) cannot be read: {_brief(e)}")
-        if saved_tree is None or not os.path.exists(
-                os.path.join(self.step_dir(step), "state", "_METADATA")):
+        if saved_tree is None or not fileio.exists(
+                fileio.join(self.step_dir(step), "state", "_METADATA")):
             raise _Unusable("its array index state/_METADATA is missing (an incomplete copy?)")
         manifest = self._manifest(step)
         problems = _shape_problems(saved_tree, abstract_state)
@@ -357,7 +368,7 @@ class Checkpointer:
 
     def _manifest(self, step: int) -> dict | None:
         """The step's manifest; None for checkpoints written before manifests existed."""
-        if not os.path.isdir(os.path.join(self.step_dir(step), "manifest")):
+        if not fileio.isdir(fileio.join(self.step_dir(step), "manifest")):
             return None
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
@@ -377,15 +388,15 @@ class Checkpointer:
         if jax.process_index() == 0:
             for step in sorted(steps):
                 src = self.step_dir(step)
-                if not os.path.isdir(src):
+                if not fileio.isdir(src):
                     continue
-                dst = os.path.join(self.directory, UNUSABLE_DIR, str(step))
+                dst = fileio.join(self.directory, UNUSABLE_DIR, str(step))
                 n = 1
-                while os.path.exists(dst):
-                    dst = os.path.join(self.directory, UNUSABLE_DIR, f"{step}.{n}")
+                while fileio.exists(dst):
+                    dst = fileio.join(self.directory, UNUSABLE_DIR, f"{step}.{n}")
                     n += 1
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                os.replace(src, dst)
+                fileio.makedirs(fileio.dirname(dst))
+                fileio.rename(src, dst)
                 moved[step] = dst
                 log.error("CHECKPOINT SET ASIDE: unusable step %d moved to %s (kept for "
                           "inspection; move it back if it was only unreadable for a moment)",

@@ -3,6 +3,9 @@
 A single-process run needs nothing. Multi-process: pass --coordinator_address,
 --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID); on TPU pods and SLURM, --distributed=auto lets JAX detect the cluster.
+Under SLURM JAX assumes one process per GPU (it gives each task the GPU numbered by its
+SLURM_LOCALID); with one task per node (launch/slurm_gpu.sh) the task gets all of the
+node's GPUs instead.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ def initialize(mode: str = "env", coordinator_address: str | None = None,
     if mode == "off":
         return
     if mode == "auto":
-        jax.distributed.initialize()
+        jax.distributed.initialize(local_device_ids=slurm_local_device_ids(os.environ))
         return
     addr = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     n = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -32,6 +35,19 @@ def initialize(mode: str = "env", coordinator_address: str | None = None,
         # CPU collectives across processes (tests, laptops).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
+
+
+def slurm_local_device_ids(env) -> list[int] | None:
+    """All of the node's GPUs for a SLURM job with one task per node, else None (JAX's
+    own choice). The ids count the GPUs SLURM made visible (CUDA_VISIBLE_DEVICES)."""
+    if "SLURM_JOB_ID" not in env or "SLURM_PROCID" not in env:
+        return None
+    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "")
+    if per_node.split("(", 1)[0].split(",", 1)[0] != "1":
+        return None
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    count = len(visible) or int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+    return list(range(count)) if count > 1 else None
 
 
 def _env_int(name: str) -> int | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
-import os
 import time
 from typing import Any, Iterable, Iterator
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lvt_jax import fileio
 from lvt_jax import sharding as shd
 from lvt_jax.data import codes as codes_lib
 
@@ -148,7 +148,7 @@ def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
     if d.name == "video_folder":  # which folder, split and frames (not how it was built)
         v = d.video_folder
         data["video_folder"] = {
-            "source_dir": os.path.abspath(os.path.expanduser(str(v.source_dir))),
+            "source_dir": fileio.absolute(str(v.source_dir)),
             "fps": None if v.fps is None else float(v.fps), "min_frames": int(v.min_frames),
             "max_frames": int(v.max_frames or 0), "test_fraction": float(v.test_fraction),
             "labels": bool(v.labels)}
@@ -161,11 +161,13 @@ def split_spec(config: Any, split: str, num_videos: int, video_shape: tuple,
             "data": data}
 
 
-def _check_spec(directory: str, spec: dict) -> None:
-    path = os.path.join(directory, "spec.json")
+def _check_spec(directory: str, spec: dict, pid: int = 0) -> None:
+    """Process 0 records the spec of a new split; every process compares an existing one."""
+    path = fileio.join(directory, "spec.json")
     old = codes_lib.read_json(path)
     if old is None:
-        codes_lib.write_json(path, spec)
+        if pid == 0:
+            codes_lib.write_json(path, spec)
     elif old != spec:
         diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
         steps = [f"{k}: {old.get(k)} -> {spec[k]}" for k in diff if k.endswith("_step")]
@@ -194,20 +196,21 @@ def encode_split(encoder: Any, videos: Any, directory: str, spec: dict, *,
     """
     pid = jax.process_index() if process_index is None else int(process_index)
     count = jax.process_count() if process_count is None else int(process_count)
-    os.makedirs(directory, exist_ok=True)
-    _check_spec(directory, spec)
+    fileio.makedirs(directory)
+    _check_spec(directory, spec, pid)
+    _barrier(f"lvt_jax.encode.{spec['split']}.spec")  # no shard before its spec
     ranges = codes_lib.shard_ranges(spec["num_videos"], spec["videos_per_shard"])
     names = [codes_lib.shard_name(s, len(ranges)) for s in range(len(ranges))]
     done: dict = {"encoded": [], "skipped": []}
     dtype = np.dtype(getattr(encoder, "dtype", codes_lib.CODE_DTYPE))
-    if codes_lib.read_json(os.path.join(directory, "metadata.json")) is not None and all(
-            os.path.exists(os.path.join(directory, n)) for n in names):
+    if codes_lib.read_json(fileio.join(directory, "metadata.json")) is not None and all(
+            fileio.exists(fileio.join(directory, n)) for n in names):
         done["skipped"] = list(range(pid, len(ranges), count))
         log.info("encode: %s already complete (%d shards)", directory, len(ranges))
         return done
     for s in range(pid, len(ranges), count):
-        path = os.path.join(directory, names[s])
-        if os.path.exists(path):
+        path = fileio.join(directory, names[s])
+        if fileio.exists(path):
             done["skipped"].append(s)
             continue
         t0 = time.perf_counter()
@@ -219,13 +222,13 @@ def encode_split(encoder: Any, videos: Any, directory: str, spec: dict, *,
                  len(ranges), stop - start, time.perf_counter() - t0)
     _barrier(f"lvt_jax.encode.{spec['split']}.shards")
     if pid == 0:
-        missing = [n for n in names if not os.path.exists(os.path.join(directory, n))]
+        missing = [n for n in names if not fileio.exists(fileio.join(directory, n))]
         if missing:
             raise RuntimeError(f"encode: shards {missing[:3]} of {directory} are missing after "
                                "every process finished; rerun --mode=encode to redo them.")
-        for f in os.listdir(directory):  # leftovers of interrupted writes
+        for f in fileio.listdir(directory):  # leftovers of interrupted writes
             if ".tmp-" in f:
-                os.remove(os.path.join(directory, f))
+                fileio.remove(fileio.join(directory, f))
         counts = getattr(videos, "frame_counts", None)  # videos may vary in length
         if counts is None:
             counts = np.full(1, spec["video_shape"][0])
@@ -234,7 +237,7 @@ def encode_split(encoder: Any, videos: Any, directory: str, spec: dict, *,
         if labels is not None:  # class ids travel with the codes (class-conditional stage 2)
             codes_lib.write_labels(directory, labels)
             extra["labels"] = codes_lib.LABELS_FILE
-        codes_lib.write_json(os.path.join(directory, "metadata.json"), dict(
+        codes_lib.write_json(fileio.join(directory, "metadata.json"), dict(
             spec, shards=names, frame_shape=list(encoder.code_shape),
             min_frames=int(np.min(counts)), max_frames=int(np.max(counts)), dtype=dtype.name,
             **({} if codebook_size is None else {"codebook_size": int(codebook_size)}),

@@ -22,15 +22,14 @@ both, and a warning says that such numbers cannot be compared with published one
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 
+from lvt_jax import fileio
 from lvt_jax import metrics
 from lvt_jax import sharding as shd
 from lvt_jax.fvd import FeatureExtractor, cached_features, fvd, i3d
@@ -51,7 +50,7 @@ class VideoGenerator(Protocol):
 
 
 def eval_dir(workdir: str) -> str:
-    return os.path.join(workdir, "eval")
+    return fileio.join(workdir, "eval")
 
 
 def check_config(config: Any) -> None:
@@ -84,11 +83,11 @@ def check_checkpoints(workdir: str, system: str = "lvt", mode: str = "evaluate")
     when the workdir holds the other system's stages instead, say so."""
     other = {"lvt": "hdr", "hdr": "lvt"}[system]
     for stage, trains_it in SYSTEM_STAGES[system]:
-        d = os.path.join(workdir, stage, "checkpoints")
-        steps = [n for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
+        d = fileio.join(workdir, stage, "checkpoints")
+        steps = [n for n in fileio.listdir(d) if n.isdigit()] if fileio.isdir(d) else []
         if not steps:
             theirs = [s for s, _ in SYSTEM_STAGES[other]
-                      if os.path.isdir(os.path.join(workdir, s, "checkpoints"))]
+                      if fileio.isdir(fileio.join(workdir, s, "checkpoints"))]
             hint = (f" {workdir} holds {other.upper()} stages ({', '.join(theirs)}): use that "
                     f"system's config (configs/{'hdr_*' if other == 'hdr' else 'demo|bair|kinetics600'}.py)."
                     if theirs else "")
@@ -157,10 +156,8 @@ def stage2_metrics(config: Any, workdir: str, mesh) -> dict:
     if str(config.get("system", "lvt")) != "hdr":
         bpc, source = bits_per_code(config, workdir, mesh)
         return {"bits_per_code": bpc, "bits_per_code_source": source}
-    path = os.path.join(workdir, "hdr_predictor", "eval.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    saved = fileio.read_json(fileio.join(workdir, "hdr_predictor", "eval.json"))
+    if saved is not None:
         if "elbo_nats_per_frame" in saved:
             return {"elbo_nats_per_frame": float(saved["elbo_nats_per_frame"]),
                     "elbo_source": f"hdr_predictor/eval.json (step {saved.get('step')})"}
@@ -176,16 +173,14 @@ def stage2_metrics(config: Any, workdir: str, mesh) -> dict:
 
 def bits_per_code(config: Any, workdir: str, mesh) -> tuple[float, str]:
     """Stage 2's test bits per code: written by training, else computed from its checkpoint."""
-    path = os.path.join(workdir, "transformer", "eval.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    saved = fileio.read_json(fileio.join(workdir, "transformer", "eval.json"))
+    if saved is not None:
         if "bits_per_code" in saved:
             return float(saved["bits_per_code"]), f"transformer/eval.json (step {saved.get('step')})"
     from lvt_jax import trainer
     from lvt_jax.stages.transformer import TransformerStage
     stage = TransformerStage(config, workdir)
-    if not os.path.isdir(stage.codes_dir("test")):
+    if not fileio.isdir(stage.codes_dir("test")):
         raise FileNotFoundError(f"bits per code needs the test codes in {stage.codes_dir('test')}"
                                 "; run --mode=encode first.")
     rules = shd.rules_from_config(config)
@@ -327,7 +322,7 @@ def run(config: Any, workdir: str, *, generator: VideoGenerator | None = None,
         from lvt_jax import trainer
         from lvt_jax.eval import report
         out = eval_dir(workdir)
-        os.makedirs(out, exist_ok=True)
-        trainer.write_json(os.path.join(out, "eval.json"), results)
+        fileio.makedirs(out)
+        trainer.write_json(fileio.join(out, "eval.json"), results)
         report.write(out, results, examples, n_prime)
     return results

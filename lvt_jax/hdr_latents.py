@@ -16,7 +16,6 @@ Shards, restart and multi-process rules are those of LVT's codes (lvt_jax.encode
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Iterable
 
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lvt_jax import fileio
 from lvt_jax import metrics as M
 from lvt_jax import sharding as shd
 from lvt_jax.data import codes as codes_lib
@@ -37,7 +37,7 @@ SPLITS = ("train", "test")
 
 def split_dir(workdir: str, split: str) -> str:
     from lvt_jax.stages.hdr_predictor import LATENTS_DIR
-    return os.path.join(workdir, LATENTS_DIR, split)
+    return fileio.join(workdir, LATENTS_DIR, split)
 
 
 class VideoLatentEncoder:

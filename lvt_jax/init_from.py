@@ -26,13 +26,15 @@ a fine-tuning run resumes it, never the source (the log says so).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
-import os
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from lvt_jax import fileio
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def check_config(config: Any, section: str) -> str | None:
     if not spec:
         return None
     parts = [p.strip() for p in str(spec).split(",")] if "," in str(spec) else [str(spec)]
-    missing = [p for p in parts if not os.path.exists(os.path.expanduser(p))]
+    missing = [p for p in parts if not fileio.exists(fileio.absolute(p))]
     if missing:
         raise InitFromError(
             f"{_field(section)}={spec}: {', '.join(missing)} does not exist. Pass a workdir "
@@ -69,23 +71,23 @@ def check_config(config: Any, section: str) -> str | None:
 def _steps_in(directory: str) -> list[int]:
     """Finished orbax steps (a digit-named folder holding `state/`; unfinished saves carry
     a temporary suffix)."""
-    if not os.path.isdir(directory):
+    if not fileio.isdir(directory):
         return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, "state")))
+    return sorted(int(n) for n in fileio.listdir(directory)
+                  if n.isdigit() and fileio.isdir(fileio.join(directory, n, "state")))
 
 
 def find_checkpoint(path: str, section: str) -> str | None:
     """PATH (workdir, stage folder, checkpoints folder or one step) -> the step folder to
     read, or None when PATH holds no checkpoint of this project (a reference file)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
+    path = fileio.absolute(path)
+    if fileio.basename(path).isdigit() and fileio.isdir(fileio.join(path, "state")):
         return path
-    for directory in (os.path.join(path, section, "checkpoints"),
-                      os.path.join(path, "checkpoints"), path):
+    for directory in (fileio.join(path, section, "checkpoints"),
+                      fileio.join(path, "checkpoints"), path):
         steps = _steps_in(directory)
         if steps:
-            return os.path.join(directory, str(steps[-1]))
+            return fileio.join(directory, str(steps[-1]))
     return None
 
 
@@ -123,10 +125,8 @@ def read_checkpoint(step_dir: str, section: str) -> tuple[dict, dict]:
 
 
 def _read_json(path: str) -> Any:
-    import json
     try:
-        with open(path) as f:
-            return json.load(f)
+        return fileio.read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -137,15 +137,18 @@ def load_source(config: Any, section: str, spec: str) -> dict:
     step_dir = find_checkpoint(spec, section)
     if step_dir is not None:
         params, extra = read_checkpoint(step_dir, section)
-        origin = _read_json(os.path.join(os.path.dirname(step_dir), ORIGIN_FILE)) or {}
-        return dict(params=params, extra=extra, step=int(os.path.basename(step_dir)),
+        origin = _read_json(fileio.join(fileio.dirname(step_dir), ORIGIN_FILE)) or {}
+        return dict(params=params, extra=extra, step=int(fileio.basename(step_dir)),
                     kind="checkpoint", path=step_dir, model=origin.get("model"))
-    if os.path.isdir(spec) and os.path.isdir(os.path.join(spec, section)):
-        raise InitFromError(f"{_field(section)}={spec}: {os.path.join(spec, section)} holds no "
+    if fileio.isdir(spec) and fileio.isdir(fileio.join(spec, section)):
+        raise InitFromError(f"{_field(section)}={spec}: {fileio.join(spec, section)} holds no "
                             "finished checkpoint; train that stage first, or pass another run.")
     from lvt_jax.tools import import_reference as ref
     try:
-        params, extra, step = ref.reference_variables(config, section, spec)
+        with contextlib.ExitStack() as stack:  # the release's files in a bucket: local copies
+            local = ",".join(stack.enter_context(fileio.local_copy(p.strip()))
+                             for p in spec.split(","))
+            params, extra, step = ref.reference_variables(config, section, local)
     except ref.ReferenceImportError as e:
         hints = suggest_fields(config[section].get("model", {}), section,
                                [(n, w, g) for n, w, g in e.mismatched])
@@ -157,7 +160,7 @@ def load_source(config: Any, section: str, spec: str) -> dict:
             f"there (WORKDIR/{section}/checkpoints/<step>/), and as a reference-release "
             f"checkpoint: {e}") from e
     return dict(params=params, extra=extra, step=int(step), kind="reference",
-                path=os.path.abspath(spec) if "," not in spec else spec, model=None)
+                path=fileio.absolute(spec) if "," not in spec else spec, model=None)
 
 
 # --------------------------------------------------------------------------- matching
@@ -269,7 +272,7 @@ def fresh_state(bound: Any, params: Any, extra: Any) -> Any:
 
 def origin_path(workdir: str, stage: Any) -> str:
     """WORKDIR/<stage>/checkpoints/origin.json (beside the trainer's checkpoints)."""
-    return os.path.join(workdir, stage.name, "checkpoints", ORIGIN_FILE)
+    return fileio.join(workdir, stage.name, "checkpoints", ORIGIN_FILE)
 
 
 def read_origin(workdir: str, stage: Any) -> dict | None:
@@ -282,7 +285,7 @@ def _write_origin(workdir: str, stage: Any, record: dict) -> None:
         return
     from lvt_jax.trainer import write_json
     path = origin_path(workdir, stage)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fileio.makedirs(fileio.dirname(path))
     write_json(path, record)
 
 
@@ -295,7 +298,7 @@ def initializer(stage: Any, workdir: str) -> Callable[[Any], Any]:
     section = stage.config_section
     spec = check_config(stage.config, section)
     model_cfg = stage.config[section].get("model", {})
-    own = _steps_in(os.path.dirname(origin_path(workdir, stage)))
+    own = _steps_in(fileio.dirname(origin_path(workdir, stage)))
     if own and spec:
         started = (read_origin(workdir, stage) or {}).get("init_from")
         log.info("%s: resuming this run's own checkpoint (step %d); %s=%s only chose its "

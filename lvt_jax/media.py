@@ -3,9 +3,10 @@
 Reading accepts any video format PyAV (FFmpeg) decodes, a single image, or a folder of
 images (sorted by name); frames are centre-cropped to a square and Lanczos-resized, as
 the datasets are. Only the frames asked for are decoded: a priming video needs its first
-few frames, and decoding a long phone video whole would take minutes. Writing goes
-through a temporary name and a rename, so an interrupted run never leaves a truncated
-file behind under the final name. mp4 is encoded in-process by PyAV: no ffmpeg
+few frames, and decoding a long phone video whole would take minutes. Paths go through
+lvt_jax.fileio (a prime video in a bucket is read from a local copy); writing goes
+through a temporary name and a rename (or one upload), so an interrupted run never
+leaves a truncated file behind under the final name. mp4 is encoded in-process by PyAV: no ffmpeg
 subprocess (forking a multithreaded JAX process is unsafe, and JAX warns at every fork).
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import fractions
 import os
 
 import numpy as np
+
+from lvt_jax import fileio
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 VIDEO_EXAMPLES = ".mp4, .mov, .mkv, .webm, .avi, .gif (animated)"
@@ -46,9 +49,15 @@ def read_prime(path: str, size: int, max_frames: int | None = None) -> tuple[np.
 
     At most `max_frames` frames are decoded (from the start).
     """
-    from lvt_jax.data import video_decode
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"sample.prime={path!r} does not exist; {FORMATS_HINT}.")
+    with fileio.local_copy(path) as local:
+        frames, info = _read_local_prime(local, size, max_frames)
+    return frames, info
+
+
+def _read_local_prime(path: str, size: int, max_frames: int | None) -> tuple[np.ndarray, dict]:
+    from lvt_jax.data import video_decode
     if os.path.isdir(path):
         names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
         if not names:
@@ -77,14 +86,8 @@ def read_prime(path: str, size: int, max_frames: int | None = None) -> tuple[np.
 
 
 def _atomic(path: str, write) -> None:
-    base, ext = os.path.splitext(path)
-    tmp = f"{base}.tmp-{os.getpid()}{ext}"
-    try:
+    with fileio.staged_write(path, keep_ext=True) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: float) -> None:
@@ -124,5 +127,5 @@ def write_png(path: str, image: np.ndarray) -> None:
 def read_video(path: str) -> np.ndarray:
     """All frames of a written mp4/gif as uint8 [T, H, W, 3] (for checks and tests)."""
     import av
-    with av.open(path) as container:
+    with fileio.local_copy(path) as local, av.open(local) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

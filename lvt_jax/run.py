@@ -185,6 +185,8 @@ MODES: dict[str, Callable[[Any, str | None], Any]] = {
 
 
 def run(config: Any, workdir: str | None, mode: str) -> None:
+    from lvt_jax import path_checks
+    path_checks.check(config, workdir)  # buckets reachable, workdir shared by all hosts
     if mode == "all":
         system = _system(config)
         if system == "hdr":

@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from lvt_jax import media, metrics
+from lvt_jax import fileio, media, metrics
 from lvt_jax import sharding as shd
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,7 @@ def priming_videos(config: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
 def run(config: Any, workdir: str) -> dict:
     from lvt_jax import generate
     s = config.sample
-    out_dir = os.path.join(workdir, "samples")
+    out_dir = fileio.join(workdir, "samples")
     mesh = shd.make_mesh(config.mesh)
     prime, real, labels, source = priming_videos(config)  # bad input fails before compiling
     from lvt_jax.evaluate import check_checkpoints
@@ -161,7 +160,8 @@ OUTPUT_NAME = re.compile(r"((sample|frozen)_\d{4,}(\.tmp-\d+)?\.(mp4|gif)|"
 def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None,
                   arrays: np.ndarray | dict, info: dict, fps: float,
                   pictures: dict | None = None, extra_videos: dict | None = None) -> None:
-    """Writes the complete set into a staging folder, then swaps it in for `out_dir`.
+    """Writes the complete set into a staging folder, then swaps it in for `out_dir` (a
+    rename; in an object store the files are moved one by one).
 
     `arrays`: what samples.npz keeps besides the frames (LVT: the codes, int16; HDR: the
     latents); `pictures` name -> uint8 image; `extra_videos` name -> uint8 videos written
@@ -169,56 +169,58 @@ def write_outputs(out_dir: str, videos: np.ndarray, real: np.ndarray | None,
     if not isinstance(arrays, dict):
         arrays = {"codes": np.asarray(arrays).astype(np.int16)}
     from lvt_jax.trainer import write_json
-    parent, name = os.path.split(os.path.abspath(out_dir))
-    for old in os.listdir(parent) if os.path.isdir(parent) else []:
+    out_dir = fileio.absolute(out_dir)
+    parent, name = fileio.dirname(out_dir), fileio.basename(out_dir)
+    for old in fileio.listdir(parent) if fileio.isdir(parent) else []:
         if re.fullmatch(re.escape(name) + r"\.(tmp|old)-\d+", old):  # an interrupted run's
-            _retire(os.path.join(parent, old), os.path.join(parent, name))
-    staging = os.path.join(parent, f"{name}.tmp-{os.getpid()}")
-    os.makedirs(staging)
+            _retire(fileio.join(parent, old), out_dir)
+    staging = fileio.join(parent, f"{name}.tmp-{os.getpid()}")
+    fileio.makedirs(staging)
     for i, v in enumerate(videos):
-        media.write_mp4(os.path.join(staging, f"sample_{i:04d}.mp4"), v, fps)
-        media.write_gif(os.path.join(staging, f"sample_{i:04d}.gif"), v, fps)
+        media.write_mp4(fileio.join(staging, f"sample_{i:04d}.mp4"), v, fps)
+        media.write_gif(fileio.join(staging, f"sample_{i:04d}.gif"), v, fps)
     rows = []
     for i, v in enumerate(videos):
         if real is not None:
             rows.append(real[i][:len(v)])
         rows.append(v)
-    media.write_png(os.path.join(staging, "grid.png"), metrics.image_grid(rows))
+    media.write_png(fileio.join(staging, "grid.png"), metrics.image_grid(rows))
     for file, image in (pictures or {}).items():
-        media.write_png(os.path.join(staging, file), image)
+        media.write_png(fileio.join(staging, file), image)
     for prefix, clips in (extra_videos or {}).items():
         for i, v in enumerate(clips):
-            media.write_mp4(os.path.join(staging, f"{prefix}_{i:04d}.mp4"), v, fps)
-            media.write_gif(os.path.join(staging, f"{prefix}_{i:04d}.gif"), v, fps)
-    np.savez_compressed(os.path.join(staging, "samples.npz"), videos=videos, **arrays,
-                        **({} if real is None else {"real": real}))
-    write_json(os.path.join(staging, "samples.json"),
-               dict(info, files=sorted(os.listdir(staging))))
-    _replace_folder(staging, os.path.join(parent, name))
+            media.write_mp4(fileio.join(staging, f"{prefix}_{i:04d}.mp4"), v, fps)
+            media.write_gif(fileio.join(staging, f"{prefix}_{i:04d}.gif"), v, fps)
+    with fileio.staged_write(fileio.join(staging, "samples.npz"), keep_ext=True) as tmp:
+        np.savez_compressed(tmp, videos=videos, **arrays,
+                            **({} if real is None else {"real": real}))
+    write_json(fileio.join(staging, "samples.json"),
+               dict(info, files=sorted(fileio.listdir(staging))))
+    _replace_folder(staging, out_dir)
 
 
 def _replace_folder(new: str, dest: str) -> None:
     """Puts folder `new` at `dest`, retiring the previous `dest`."""
-    if not os.path.exists(dest):
-        os.rename(new, dest)
+    if not fileio.exists(dest):
+        fileio.rename(new, dest)
         return
     old = f"{dest}.old-{os.getpid()}"
-    os.rename(dest, old)
-    os.rename(new, dest)
+    fileio.rename(dest, old)
+    fileio.rename(new, dest)
     _retire(old, dest)
 
 
 def _retire(folder: str, dest: str) -> None:
     """Deletes a previous samples folder holding only what this mode writes; one holding
     anything else is kept beside `dest` under a dated name (nothing of the user's is lost)."""
-    foreign = sorted(n for n in os.listdir(folder) if not OUTPUT_NAME.fullmatch(n))
+    foreign = sorted(n for n in fileio.listdir(folder) if not OUTPUT_NAME.fullmatch(n))
     if not foreign:
-        shutil.rmtree(folder, ignore_errors=True)
+        fileio.rmtree(folder)
         return
     kept = f"{dest}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
-    while os.path.exists(kept):
+    while fileio.exists(kept):
         kept += "_"
-    os.rename(folder, kept)
+    fileio.rename(folder, kept)
     log.warning("sample: %s held files --mode=sample does not write (%s); that folder was "
                 "kept as %s, the new samples are in %s.", dest, ", ".join(foreign[:5]), kept,
                 dest)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, Protocol
 
@@ -95,7 +94,7 @@ class ShardedStage:
 
 def checkpointer_for(stage: Stage, workdir: str, async_save: bool = True,
                      read_only: bool = False) -> Checkpointer:
-    return Checkpointer(os.path.join(workdir, stage.name, "checkpoints"),
+    return Checkpointer(fileio.join(workdir, stage.name, "checkpoints"),
                         keep=int(stage.train_cfg.keep), async_save=async_save,
                         read_only=read_only)
 
@@ -164,7 +163,7 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
 
     `init` builds the step-0 state when there is no checkpoint to resume (default: the
     stage's random init; fine-tuning passes lvt_jax.init_from's)."""
-    with _no_empty_folders_on_failure([os.path.join(workdir, stage.name), workdir]):
+    with _no_empty_folders_on_failure([fileio.join(workdir, stage.name), workdir]):
         return _train(stage, workdir, mesh, on_eval, periodic, init)
 
 
@@ -172,22 +171,14 @@ def train(stage: Stage, workdir: str, mesh: Mesh,
 def _no_empty_folders_on_failure(paths: list[str]):
     """If the body fails, removes those of `paths` (deepest first) that did not exist
     before and hold no file: empty folders only, never a file."""
-    new = [p for p in paths if not os.path.exists(p)]
+    new = [p for p in paths if not fileio.exists(p)]
     try:
         yield
     except BaseException as e:
         if not (isinstance(e, SystemExit) and e.code in (0, None)):
             for path in new:
-                _remove_empty_dirs(path)
+                fileio.remove_empty_dirs(path)
         raise
-
-
-def _remove_empty_dirs(root: str) -> None:
-    for d, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
-        try:
-            os.rmdir(d)  # fails (and is skipped) unless empty
-        except OSError:
-            pass
 
 
 def _train(stage: Stage, workdir: str, mesh: Mesh,
@@ -197,8 +188,8 @@ def _train(stage: Stage, workdir: str, mesh: Mesh,
     cfg = stage.train_cfg
     rules = shd.rules_from_config(stage.config)
     bound = ShardedStage(stage, mesh, rules)
-    stage_dir = os.path.join(workdir, stage.name)
-    os.makedirs(stage_dir, exist_ok=True)
+    stage_dir = fileio.join(workdir, stage.name)
+    fileio.makedirs(stage_dir)
     num_steps = int(cfg.num_steps)
     primary = jax.process_index() == 0
     with contextlib.ExitStack() as cleanup:  # closes what was opened, in reverse, always
@@ -208,7 +199,7 @@ def _train(stage: Stage, workdir: str, mesh: Mesh,
         train_iter = stage.make_iterator("train", mesh, train=True)
         cleanup.callback(_close, train_iter)
         state, step = _resume(stage, bound, ckpt, train_iter, init)
-        writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=primary)
+        writer = MetricWriter(fileio.join(stage_dir, "tb"), enabled=primary)
         cleanup.callback(writer.close)
         bar = ProgressBar(total=num_steps, initial=step, desc=stage.name, unit=stage.unit,
                           enabled=primary and bool(cfg.get("progress", True)))
@@ -285,7 +276,7 @@ def _train(stage: Stage, workdir: str, mesh: Mesh,
         writer.scalars(step, {f"final/{k}": v for k, v in results.items() if np.ndim(v) == 0})
         _write_images(writer, bound, state, step, png_dir=stage_dir if primary else None)
         if primary:
-            write_json(os.path.join(stage_dir, "eval.json"), results)
+            write_json(fileio.join(stage_dir, "eval.json"), results)
         return state, results
 
 
@@ -314,9 +305,9 @@ def _write_images(writer: MetricWriter, bound: ShardedStage, state, step: int,
         writer.image(step, name, grid)
         if png_dir:
             from PIL import Image
-            path = os.path.join(png_dir, name.split("/")[-1] + ".png")
-            Image.fromarray(grid).save(path + ".tmp.png")
-            fileio.commit(path + ".tmp.png", path)
+            path = fileio.join(png_dir, name.split("/")[-1] + ".png")
+            with fileio.staged_write(path, keep_ext=True) as tmp:
+                Image.fromarray(grid).save(tmp)
 
 
 def write_json(path: str, obj: dict) -> None:

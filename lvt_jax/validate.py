@@ -197,8 +197,7 @@ def dataset(config: Any, evaluation: bool = False) -> None:
 
 def sample(config: Any, mesh: Mesh) -> None:
     """--mode=sample settings: sampler, controls, priming frames, batch vs devices."""
-    import os
-
+    from lvt_jax import fileio
     from lvt_jax.sampling import make_controls
     from lvt_jax.sampling.lvt.sampler import SAMPLERS, first_slice
     s = config.sample
@@ -213,7 +212,7 @@ def sample(config: Any, mesh: Mesh) -> None:
     batch_divides("sample.batch_size", int(s.batch_size), mesh, shd.rules_from_config(config))
     if s.num_videos < 1:
         raise ValueError(f"sample.num_videos={s.num_videos}: must be at least 1.")
-    if s.prime and not os.path.exists(s.prime):
+    if s.prime and not fileio.exists(s.prime):
         raise FileNotFoundError(f"sample.prime={s.prime!r} does not exist; pass a video file, "
                                 "an image or a folder of images (or unset it to use test videos).")
     if s.fps <= 0:

@@ -20,7 +20,8 @@ Layout of one split, WORKDIR/codes/<split>/ (written by `lvt_jax.encode`):
   means the split is complete.
 
 Why this design: a shard is written under a temporary name, flushed to disk (fsync) and
-renamed when complete, so a shard file is either absent or whole, even after a power cut;
+renamed when complete (in a bucket: written locally and uploaded whole, see
+lvt_jax.fileio), so a shard file is either absent or whole, even after a power cut;
 a restarted encode skips existing shards and redoes only missing ones. Shards are the
 unit of work sharing across processes too. Readers use array_record's random access, so
 stage 2 streams clips through the same deterministic, resumable `make_array_iterator` as
@@ -29,8 +30,6 @@ stage 1.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -48,7 +47,7 @@ _HEADER_BYTES = 4 * HEADER_DTYPE.itemsize
 
 def split_dir(workdir: str, split: str) -> str:
     """WORKDIR/codes/<split>: where `--mode=encode` writes a split's codes."""
-    return os.path.join(workdir, "codes", split)
+    return fileio.join(workdir, "codes", split)
 
 
 def shard_name(index: int, num_shards: int) -> str:
@@ -93,29 +92,23 @@ def write_shard(path: str, videos: Sequence[np.ndarray], dtype: np.dtype = CODE_
     """Writes one shard atomically: a temporary file, flushed to disk and renamed once
     complete (so a power cut never leaves a complete-looking truncated shard)."""
     from array_record.python import array_record_module
-    tmp = f"{path}.tmp-{os.getpid()}"
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    try:
-        for codes in videos:
-            writer.write(serialize(codes, dtype))
-    finally:
-        writer.close()
-    fileio.commit(tmp, path)
+    with fileio.staged_write(path) as tmp:
+        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        try:
+            for codes in videos:
+                writer.write(serialize(codes, dtype))
+        finally:
+            writer.close()
 
 
 def write_labels(directory: str, labels: np.ndarray) -> None:
     """Writes labels.npy (int32 [num_videos]) atomically."""
-    path = os.path.join(directory, LABELS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, np.asarray(labels, np.int32))
-    fileio.commit(tmp, path)
+    with fileio.staged_write(fileio.join(directory, LABELS_FILE), keep_ext=True) as tmp:
+        np.save(tmp, np.asarray(labels, np.int32))
 
 
 def read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return fileio.read_json(path)
 
 
 def write_json(path: str, obj: dict) -> None:
@@ -131,7 +124,7 @@ class CodeSource:
 
     def __init__(self, directory: str, formats: Sequence[str] = (FORMAT,)):
         self.directory = directory
-        meta = read_json(os.path.join(directory, "metadata.json"))
+        meta = read_json(fileio.join(directory, "metadata.json"))
         if meta is None:
             raise FileNotFoundError(
                 f"no complete code dataset in {directory} (metadata.json is missing); run "
@@ -142,8 +135,8 @@ class CodeSource:
                              "rerun --mode=encode.")
         self.metadata = meta
         self.dtype = FORMATS[meta["format"]]
-        self._paths = [os.path.join(directory, f) for f in meta["shards"]]
-        missing = [p for p in self._paths if not os.path.exists(p)]
+        self._paths = [fileio.join(directory, f) for f in meta["shards"]]
+        missing = [p for p in self._paths if not fileio.exists(p)]
         if missing:
             raise FileNotFoundError(
                 f"code shards are missing: {missing[:3]}...; rerun --mode=encode (it "
@@ -151,7 +144,8 @@ class CodeSource:
         self._source = None
         self.labels: np.ndarray | None = None
         if meta.get("labels"):
-            self.labels = np.load(os.path.join(directory, meta["labels"]))
+            with fileio.open(fileio.join(directory, meta["labels"])) as f:
+                self.labels = np.load(f)
             if len(self.labels) != len(self):
                 raise ValueError(f"{directory}: {meta['labels']} holds {len(self.labels)} "
                                  f"labels for {len(self)} videos; delete the directory and "

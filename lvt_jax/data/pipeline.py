@@ -39,6 +39,8 @@ import grain
 import jax
 import numpy as np
 
+from lvt_jax import fileio
+
 Batch = dict[str, np.ndarray]
 Transform = Callable[[Any, int, np.random.Generator], Mapping[str, np.ndarray]]
 
@@ -210,7 +212,7 @@ def _make_builder(data_cfg: Any):
     tfds_quiet.install_log_filter()
     name = _cfg_get(data_cfg, "name")
     data_dir = _cfg_get(data_cfg, "data_dir")
-    if data_dir is not None:
+    if data_dir is not None and not fileio.is_remote(data_dir):
         data_dir = os.path.expanduser(os.fspath(data_dir))
     if name == "synthetic_pushing":
         from lvt_jax.data import synthetic_pushing
@@ -271,42 +273,71 @@ def _make_builder(data_cfg: Any):
     raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}.")
 
 
-def _prepare(builder: Any) -> None:
+def _prepare(builder: Any, data_cfg: Any = None) -> Any:
     """Builds the dataset if it is not on disk yet: synthetic generates, BAIR converts,
-    local videos (Kinetics, a video folder) are listed and decoded.
+    local videos (Kinetics, a video folder) are listed and decoded. Returns the builder to
+    read with (a new one when the data went to a bucket: see lvt_jax.data.staging).
 
     Multi-host: process 0 prepares first (the others wait), then any process that still
     sees no data (a process-local data_dir) prepares its own copy.
     """
-    from lvt_jax.data import tfds_quiet
+    remote = fileio.is_remote(os.fspath(builder.data_dir))
+    if remote and data_cfg is None:
+        raise ValueError("a data_dir in a bucket is prepared from its config: pass data_cfg.")
 
     def prepare_here() -> None:
         if builder.is_prepared():
             return
-        if builder.name == "bair_robot_pushing":
-            from lvt_jax.data import bair
+        if not remote:
+            _build(builder)
+            return
+        from lvt_jax.data import staging
 
-            bair.locate_source(builder.source_dir)  # fail in seconds if files are missing
-        locate = getattr(builder, "locate", None)  # local videos: list them first
-        if locate is not None:
-            locate()  # fails fast, naming the paths, counts and fix
-        tfds_quiet.download_and_prepare(builder)
+        staging.prepare_and_upload(
+            builder, lambda d: _make_builder(_with_data_dir(data_cfg, d)), _build)
 
     if builder.is_prepared():
         check = getattr(builder, "check_prepared", None)  # e.g. a source changed since
         if check is not None:
             check()
-        return
+        return builder
     if jax.process_count() == 1:
         prepare_here()
-        return
-    from jax.experimental import multihost_utils
+    else:
+        from jax.experimental import multihost_utils
 
-    if jax.process_index() == 0:
+        if jax.process_index() == 0:
+            prepare_here()
+        multihost_utils.sync_global_devices(f"lvt_jax.data.prepare:{builder.info.full_name}")
         prepare_here()
-    multihost_utils.sync_global_devices(f"lvt_jax.data.prepare:{builder.info.full_name}")
-    prepare_here()
-    multihost_utils.sync_global_devices(f"lvt_jax.data.prepared:{builder.info.full_name}")
+        multihost_utils.sync_global_devices(f"lvt_jax.data.prepared:{builder.info.full_name}")
+    return _make_builder(data_cfg) if remote else builder  # reads the uploaded dataset info
+
+
+def _build(builder: Any) -> None:
+    """Prepares `builder`'s dataset in its (local) data_dir, failing fast on missing input."""
+    from lvt_jax.data import tfds_quiet
+
+    if builder.is_prepared():
+        return
+    if builder.name == "bair_robot_pushing":
+        from lvt_jax.data import bair
+
+        bair.locate_source(builder.source_dir)  # fail in seconds if files are missing
+    locate = getattr(builder, "locate", None)  # local videos: list them first
+    if locate is not None:
+        locate()  # fails fast, naming the paths, counts and fix
+    tfds_quiet.download_and_prepare(builder)
+
+
+def _with_data_dir(data_cfg: Any, data_dir: str) -> Any:
+    """A copy of the data config with another data_dir."""
+    cfg = copy.deepcopy(data_cfg)
+    if isinstance(cfg, dict):
+        cfg["data_dir"] = data_dir
+    else:
+        cfg.data_dir = data_dir
+    return cfg
 
 
 def check_features(data_cfg: Any, features: Sequence[str]) -> tuple[str, ...]:
@@ -350,8 +381,7 @@ def load_videos(data_cfg: Any, split: str, features: Sequence[str] = ("video",))
     requested feature is refused before it is built.
     """
     extra = check_features(data_cfg, features)
-    builder = _make_builder(data_cfg)
-    _prepare(builder)
+    builder = _prepare(_make_builder(data_cfg), data_cfg)
     if builder.name == "kinetics600" and split.split("[", 1)[0] == "test":
         alias = str(_cfg_get(_cfg_get(data_cfg, "kinetics", {}), "test_split", "test"))
         split = alias + split[len("test") :]

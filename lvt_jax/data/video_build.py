@@ -474,13 +474,18 @@ class LocalVideoBuilder(tfds.core.GeneratorBasedBuilder):
     # --- reading helpers ------------------------------------------------------------
     def build_summary(self) -> dict:
         """The prepared dataset's build report (counts per split and skip reason)."""
-        return read_json(os.path.join(os.fspath(self.data_path), SUMMARY_FILE))
+        path = fileio.join(os.fspath(self.data_path), SUMMARY_FILE)
+        summary = fileio.read_json(path)
+        if summary is None:
+            raise FileNotFoundError(f"{path} is missing: prepare the dataset again.")
+        return summary
 
     def clip_index(self, split: str) -> dict[str, np.ndarray]:
         """{'num_frames', 'label'} int32 [N] of every clip of `split` (tfds slicing such as
         'train[:10]' or 'train[10%:]' allowed), without decoding any video."""
         base = split.split("[", 1)[0]
-        with np.load(os.path.join(os.fspath(self.data_path), f"index-{base}.npz")) as f:
+        path = fileio.join(os.fspath(self.data_path), f"index-{base}.npz")
+        with fileio.open(path) as raw, np.load(raw) as f:
             index = {k: f[k] for k in ("num_frames", "label")}
         if "[" in split:
             splits = {k: v for k, v in self.info.splits.items()}

@@ -5,11 +5,10 @@ is all it needs.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from lvt_jax import fileio
 from lvt_jax.metrics import image_grid
 
 FVD_COLOR, STAR_COLOR, AXIS_COLOR, GRID_COLOR = (52, 101, 164), (230, 120, 30), (0, 0, 0), (220, 220, 220)
@@ -67,18 +66,17 @@ def example_grid(real: np.ndarray, recon: np.ndarray, generated: np.ndarray) -> 
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
-    tmp = path + ".tmp.png"
-    Image.fromarray(image).save(tmp)
-    os.replace(tmp, path)
+    with fileio.staged_write(path, keep_ext=True) as tmp:
+        Image.fromarray(image).save(tmp)
 
 
 def write(out_dir: str, results: dict, examples: tuple | None, n_prime: int) -> None:
     """report.md plus fvd_trials.png and examples.png in `out_dir`."""
-    _save_png(os.path.join(out_dir, "fvd_trials.png"),
+    _save_png(fileio.join(out_dir, "fvd_trials.png"),
               trial_plot(results["fvd_trials"], results["fvd_star_trials"]))
     have_examples = examples is not None and len(examples[0]) > 0
     if have_examples:
-        _save_png(os.path.join(out_dir, "examples.png"), example_grid(*examples))
+        _save_png(fileio.join(out_dir, "examples.png"), example_grid(*examples))
     r = results
     lines = [
         f"# Evaluation: {r['dataset']} {r['split']} split",
@@ -115,7 +113,4 @@ def write(out_dir: str, results: dict, examples: tuple | None, n_prime: int) -> 
     if have_examples:
         lines += [f"Examples (per video: real, stage-1 reconstruction, generated; the first "
                   f"{n_prime} frame(s) prime the model):", "", "![examples](examples.png)", ""]
-    tmp = os.path.join(out_dir, "report.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, os.path.join(out_dir, "report.md"))
+    fileio.write_text(fileio.join(out_dir, "report.md"), "\n".join(lines))

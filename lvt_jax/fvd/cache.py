@@ -12,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from typing import Callable
 
 import jax
 import numpy as np
 
+from lvt_jax import fileio
+
 log = logging.getLogger(__name__)
 
 
 def cache_dir(workdir: str) -> str:
-    return os.path.join(workdir, "eval", "cache")
+    return fileio.join(workdir, "eval", "cache")
 
 
 def clip_digest(clips: np.ndarray) -> str:
@@ -43,18 +44,17 @@ def cached_features(extract: Callable[[np.ndarray], np.ndarray], clips: np.ndarr
            "signature": signature}
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     n, t = clips.shape[:2]
-    path = os.path.join(directory, f"{tag}_{n}x{t}_{key_hash}.npz")
-    if os.path.exists(path):
-        with np.load(path) as f:
+    path = fileio.join(directory, f"{tag}_{n}x{t}_{key_hash}.npz")
+    if fileio.exists(path):
+        with fileio.open(path) as raw, np.load(raw) as f:
             if json.loads(str(f["key"])) == key:
                 log.info("FVD %s features: cached %s", tag, path)
                 return np.asarray(f["features"])
         log.warning("FVD cache %s holds another key; recomputing", path)
     feats = np.asarray(extract(clips), np.float32)
     if jax.process_index() == 0:
-        os.makedirs(directory, exist_ok=True)
-        tmp = path + f".tmp{os.getpid()}.npz"
-        np.savez(tmp, features=feats, key=json.dumps(key, sort_keys=True))
-        os.replace(tmp, path)
+        fileio.makedirs(directory)
+        with fileio.staged_write(path, keep_ext=True) as tmp:
+            np.savez(tmp, features=feats, key=json.dumps(key, sort_keys=True))
         log.info("FVD %s features of %d clips written to %s", tag, n, path)
     return feats

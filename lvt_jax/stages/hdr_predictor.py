@@ -10,7 +10,6 @@ and `kl_nats_per_frame`.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import chex
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lvt_jax import fileio
 from lvt_jax import sharding as shd
 from lvt_jax.models.hdr import latents as lat
 from lvt_jax.models.hdr.predictor import LatentPredictor, elbo_terms, init_params
@@ -116,14 +116,14 @@ class HDRPredictorStage(Stage):
         if self.workdir is None:
             raise ValueError("HDRPredictorStage needs the workdir holding hdr_latents/ to "
                              "read data: construct it as HDRPredictorStage(config, workdir).")
-        return os.path.join(self.workdir, LATENTS_DIR, split)
+        return fileio.join(self.workdir, LATENTS_DIR, split)
 
     def make_iterator(self, split: str, mesh, *, train: bool):
         from lvt_jax.data import codes as codes_lib
         cfg = self.train_cfg
         batch = int(cfg.batch_size if train else cfg.get("eval_batch_size", cfg.batch_size))
         directory = self.latents_dir(split)
-        if not os.path.isdir(directory):
+        if not fileio.isdir(directory):
             raise FileNotFoundError(
                 f"HDR stage 2 trains on stage-1 latents, but {directory} does not exist; run "
                 "--mode=encode with the same --config and --workdir first (after "

@@ -14,7 +14,6 @@ of the loss. (Drawing a slice that is all priming would add a step with nothing 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import chex
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lvt_jax import fileio
 from lvt_jax import sharding as shd
 from lvt_jax.models.lvt import subscale
 from lvt_jax.models.lvt.transformer import build_model
@@ -195,7 +195,7 @@ class TransformerStage(Stage):
         from lvt_jax.data import codes as codes_lib
         root = self.config.transformer.get("codes_dir", None)
         if root:
-            return os.path.join(root, split)
+            return fileio.join(root, split)
         if self.workdir is None:
             raise ValueError("TransformerStage needs the workdir holding codes/ to read data: "
                              "construct it as TransformerStage(config, workdir) or set "

@@ -42,11 +42,11 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import shutil
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from lvt_jax import fileio
 from lvt_jax.tools.reference_mapping import (  # noqa: F401  (re-exported API)
     ReferenceImportError, reference_transformer_spec, reference_vqvae_spec,
     transformer_from_reference, vqvae_from_reference)
@@ -316,19 +316,19 @@ def build_state(stage, params, extra, step: int):
 
 
 def _existing_steps(stage, workdir: str) -> List[int]:
-  ckpt_dir = os.path.join(workdir, stage.name, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = fileio.join(workdir, stage.name, 'checkpoints')
+  if not fileio.isdir(ckpt_dir):
     return []
-  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  return sorted(int(n) for n in fileio.listdir(ckpt_dir) if n.isdigit())
 
 
 def write_checkpoint(stage, workdir: str, state, step: int, overwrite: bool) -> str:
   from lvt_jax import trainer
-  ckpt_dir = os.path.join(workdir, stage.name, 'checkpoints')
+  ckpt_dir = fileio.join(workdir, stage.name, 'checkpoints')
   _refuse_existing(stage, workdir, overwrite)
-  if os.path.isdir(ckpt_dir) and overwrite:
+  if fileio.isdir(ckpt_dir) and overwrite:
     log.warning('--overwrite: deleting %s', ckpt_dir)
-    shutil.rmtree(ckpt_dir)
+    fileio.rmtree(ckpt_dir)
   ckpt = trainer.checkpointer_for(stage, workdir, async_save=False)
   try:
     # The data iterators' set_state needs a 'step' entry (the trainer calls it on every
@@ -338,7 +338,7 @@ def write_checkpoint(stage, workdir: str, state, step: int, overwrite: bool) -> 
     ckpt.wait()
   finally:
     ckpt.close()
-  return os.path.join(ckpt.directory, str(step))
+  return ckpt.step_dir(step)
 
 
 def reference_variables(config, name: str, spec: str, *,
@@ -409,7 +409,7 @@ def _refuse_existing(stage, workdir: str, overwrite: bool) -> None:
   steps = _existing_steps(stage, workdir)
   if steps and not overwrite:
     raise ImportToolError(
-        f'{os.path.join(workdir, stage.name, "checkpoints")} already holds checkpoints (steps '
+        f'{fileio.join(workdir, stage.name, "checkpoints")} already holds checkpoints (steps '
         f'{steps}); refusing to overwrite them. Pass --overwrite to replace them.')
 
 
