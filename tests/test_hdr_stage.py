@@ -9,8 +9,9 @@ import pytest
 from configs import hdr_demo
 from lvt_jax import sharding as shd
 from lvt_jax import trainer
+from lvt_jax.data import synthetic_pushing
 from lvt_jax.stages.hdr_autoencoder import HDRAutoencoderStage
-from tests.helpers import assert_trees_close, mesh_of
+from tests.helpers import assert_trees_close, flat, mesh_of
 
 
 def hdr_tiny(data_dir, **train):
@@ -24,7 +25,8 @@ def _one_step(cfg, mesh):
     stage = HDRAutoencoderStage(cfg)
     bound = trainer.ShardedStage(stage, mesh, shd.rules_from_config(cfg))
     state = bound.init()
-    video = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64, 3), dtype=np.uint8)
+    # Demo videos (objects on a table), not noise: what slot attention is made for.
+    video = synthetic_pushing.generate_videos(0, "train", 0, 8)["video"][:, :3]
     batch = {"video": jax.device_put(video, shd.batch_sharding(mesh, 5, bound.rules))}
     state, metrics = bound.train_step(state, batch)
     return state, jax.device_get(metrics)
@@ -32,19 +34,20 @@ def _one_step(cfg, mesh):
 
 @pytest.mark.parametrize("data,fsdp,tensor", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
 def test_sharded_step_equals_single_device(tmp_path, data, fsdp, tensor):
+    # The LVT test's tolerances. (2, 2, 2) caught an XLA SPMD bug (outputs off by O(1);
+    # worked around in slot_attention.GRU): tests/test_xla_workarounds.py keeps it in view.
     cfg = hdr_tiny(tmp_path)
     ref_state, ref_m = _one_step(cfg, mesh_of(1))
     state, m = _one_step(cfg, mesh_of(8, data, fsdp, tensor))
-    # Slot attention's soft k-means assignment (iterated, temperature 1) amplifies the
-    # float32 reassociation of a tensor-parallel all-reduce (LVT's step has nothing like
-    # it): the loss agrees to 1e-4 here where LVT's test asks 1e-5, and single gradient
-    # entries of a few 1e-3 (Adam's first moment after one step: 0.1 x the gradient) to
-    # a few percent. A sharding error (a missing or doubled reduction over the data axis)
-    # changes gradients by 2x or more.
-    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-4)
-    np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-3)
+    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-5)
     assert_trees_close(state.params, ref_state.params, atol=1e-5)
-    assert_trees_close(state.opt_state, ref_state.opt_state, atol=2e-5, rtol=5e-2)
+    # Adam's first moment after one step is 0.1 x the gradient: compared per tensor,
+    # relative to the tensor's largest entry.
+    ref_mu = flat(ref_state.opt_state[1][0].mu)
+    for k, v in flat(state.opt_state[1][0].mu).items():
+        np.testing.assert_allclose(v, ref_mu[k], atol=1e-4 * np.abs(ref_mu[k]).max() + 1e-12,
+                                   err_msg=k)
     if fsdp > 1:  # parameters really are split across the fsdp axis
         k = state.params["encoder"]["conv2"]["kernel"]
         assert "fsdp" in str(k.sharding.spec)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvt_jax.models.hdr.nets import MLP, dense, layer_norm
+from lvt_jax.models.layers import constrain_batch
 
 
 class GRU(nn.Module):
@@ -29,8 +30,12 @@ class GRU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
-        gx = dense(3 * self.features, "input")(x)
-        gh = dense(3 * self.features, "hidden")(h)
+        # The gates' pre-activations are gathered over the tensor axis before the split:
+        # XLA's SPMD partitioner (jax 0.10.2, CPU) miscomputes this split-and-combine of
+        # a tensor-sharded [.., 3F] on a (data, fsdp, tensor) = (2, 2, 2) mesh (outputs off
+        # by O(1); tests/test_hdr_stage.py's sharded test catches it). [B, S, 3F] is tiny.
+        gx = constrain_batch(dense(3 * self.features, "input")(x))
+        gh = constrain_batch(dense(3 * self.features, "hidden")(h))
         rx, zx, nx = jnp.split(gx, 3, -1)
         rh, zh, nh = jnp.split(gh, 3, -1)
         r = nn.sigmoid(rx + rh)
