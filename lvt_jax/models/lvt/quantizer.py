@@ -80,9 +80,14 @@ class DecomposedQuantizer(nn.Module):
         return jnp.concatenate(vecs, axis=-1)
 
     def __call__(self, z: jax.Array, *, update: bool):
-        """Quantises z (..., num_codebooks * dim); returns (straight-through q, codes, commitment)."""
+        """Quantises z (..., num_codebooks * dim); returns (straight-through q, codes, commitment).
+
+        Always in float32 (z of a lower-precision encoder is cast first): the distances,
+        the EMA statistics and the codebooks keep full precision under mixed precision.
+        """
         k, d = self.num_codebooks, self.code_dim
         chex.assert_axis_dimension(z, -1, k * d)
+        z = z.astype(jnp.float32)
         lead = z.shape[:-1]
         flat = z.reshape(-1, k, d)
         books = self.codebook.value  # (k, n, d)

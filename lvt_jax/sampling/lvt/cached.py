@@ -30,6 +30,7 @@ from lvt_jax.models.lvt import masked_conv as mc
 from lvt_jax.models.lvt import subscale
 from lvt_jax.models.lvt.attention import LN_EPS, MASK_VALUE, relative_bias
 from lvt_jax.models.lvt.position import sinusoidal_3d
+from lvt_jax.models.precision import add_bias
 
 _LN = nn.LayerNorm(epsilon=LN_EPS)
 
@@ -116,8 +117,8 @@ def prepare(model_cfg: Any, params: Any, lay: Layout) -> Prepared:
         layers.append(dict(
             ln_attn=p["ln_attn"], ln_mlp=p["ln_mlp"], qkv=qkv, out=cast(p["out"]),
             bias=_bias_rows(relative_bias(banks, lay.block_shape), lay),  # [P, nh, P] f32
-            mlp_in=(cast(p["mlp_in"]["kernel"]), cast(p["mlp_in"]["bias"])),
-            mlp_out=(cast(p["mlp_out"]["kernel"]), cast(p["mlp_out"]["bias"]))))
+            mlp_in=(cast(p["mlp_in"]["kernel"]), p["mlp_in"]["bias"]),  # biases float32
+            mlp_out=(cast(p["mlp_out"]["kernel"]), p["mlp_out"]["bias"])))
     dec = params["decoder"]
     kernel = cast(dec["masked_conv"]["kernel"])
     pe = sinusoidal_3d(lay.slice_shape, int(model_cfg.d_model), model_cfg.pe_min_timescale,
@@ -163,27 +164,29 @@ def _layer_step(model_cfg: Any, layer: dict, x: jax.Array, keys: jax.Array, valu
     """One decoder layer at position p: ``x [B, d]`` -> ``[B, d]``, updated k/v caches."""
     nh, da = int(model_cfg.num_heads), int(model_cfg.head_dim)
     B = x.shape[0]
-    y = _LN.apply({"params": layer["ln_attn"]}, x)
+    y = _LN.apply({"params": layer["ln_attn"]}, x).astype(x.dtype)
     qkv = (y @ layer["qkv"]).reshape(B, 3, nh, da)
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
     keys = jax.lax.dynamic_update_slice(keys, k[:, :, :, None], (0, 0, 0, p))
     values = jax.lax.dynamic_update_slice(values, v[:, :, None, :], (0, 0, p, 0))
+    # Both attention products accumulate in float32 (a bfloat16 cache is read as is).
+    f32 = jnp.float32
     if B >= _REDUCE_MIN_BATCH:  # [B, nh, P]
-        logits = (q[..., None] * keys).sum(2)
+        logits = (q[..., None] * keys).astype(f32).sum(2)
     else:
-        logits = jnp.einsum("bhk,bhkl->bhl", q, keys)
-    logits = logits.astype(jnp.float32) / np.sqrt(da)
+        logits = jnp.einsum("bhk,bhkl->bhl", q, keys, preferred_element_type=f32)
+    logits = logits / np.sqrt(da)
     logits = logits + jax.lax.dynamic_index_in_dim(layer["bias"], p, axis=0, keepdims=False)
     logits = jnp.where(allowed, logits, jnp.float32(MASK_VALUE))
     probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
     if B >= _REDUCE_MIN_BATCH:  # [B, nh, da]
-        o = (probs[..., None] * values).sum(2)
+        o = (probs[..., None] * values).astype(f32).sum(2)
     else:
-        o = jnp.einsum("bhl,bhlk->bhk", probs, values)
-    x = x + jnp.einsum("bhk,hkd->bd", o, layer["out"])
-    y = _LN.apply({"params": layer["ln_mlp"]}, x)
+        o = jnp.einsum("bhl,bhlk->bhk", probs, values, preferred_element_type=f32)
+    x = x + jnp.einsum("bhk,hkd->bd", o.astype(x.dtype), layer["out"])
+    y = _LN.apply({"params": layer["ln_mlp"]}, x).astype(x.dtype)
     (w1, b1), (w2, b2) = layer["mlp_in"], layer["mlp_out"]
-    x = x + (jax.nn.relu(y @ w1 + b1) @ w2 + b2)
+    x = x + add_bias(jax.nn.relu(add_bias(y @ w1, b1)) @ w2, b2)
     return x, keys, values
 
 
