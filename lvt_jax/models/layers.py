@@ -13,9 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lvt_jax.models.conv import conv2d, conv_valid
 from lvt_jax.models.precision import add_bias, compute_cast
-USE_NEW = True
 
 KERNEL_AXES = ("kernel_h", "kernel_w", "conv_in", "conv_out")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -51,10 +49,7 @@ class Conv(nn.Module):
         b = self.param("bias", nn.with_logical_partitioning(init, ("conv_out",)), (self.features,))
         x, k = compute_cast(self.dtype, x, k)
         p = self.padding
-        if USE_NEW:
-            y = conv2d(x, k, self.stride, p)
-        else:
-            y = lax.conv_general_dilated(x, k, (self.stride,) * 2, ((p, p), (p, p)),
+        y = lax.conv_general_dilated(x, k, (self.stride,) * 2, ((p, p), (p, p)),
                                      dimension_numbers=_DN)
         return add_bias(y, b)
 
@@ -115,10 +110,7 @@ def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, s: int, p: int) -> 
     ker = jnp.stack([jnp.stack([taps[np.ix_(th, tw)] for _, tw in phase], axis=-1)
                      for _, th in phase], axis=-2)  # (d, d, in, out, s_r, s_c)
     cout = taps.shape[-1]
-    if USE_NEW:
-        y = conv_valid(xp, ker.reshape(d, d, taps.shape[2], cout * s * s))
-    else:
-        y = lax.conv_general_dilated(xp, ker.reshape(d, d, taps.shape[2], cout * s * s), (1, 1),
+    y = lax.conv_general_dilated(xp, ker.reshape(d, d, taps.shape[2], cout * s * s), (1, 1),
                                  "VALID", dimension_numbers=_DN)
     y = y.reshape(*y.shape[:3], cout, s, s)
     shift = max(lo, 0)
