@@ -105,6 +105,7 @@ def test_bf16_sampling_gives_valid_codes_with_a_bf16_cache(variant):
     lay = cached_lib.layout(model.config)
     cache = cached_lib.empty_cache(model.config, lay, 2)
     assert _dtypes((cache.keys, cache.values, cache.emb)) == {"bfloat16"}
+    assert len(cache.keys[0]) == len(cached_lib.cache_chunks(64)) == 2  # 8x8 positions
     B = 3
     given = jax.random.randint(jax.random.key(1), (B, *cfg.clip_shape, cfg.num_codebooks), 0,
                                cfg.vocab_size)
@@ -129,12 +130,15 @@ def test_bf16_sampling_gives_valid_codes_with_a_bf16_cache(variant):
         base = cached_lib.slice_base(model.config, prep, enc)
         flat = slice_codes.reshape(B, -1, cfg.num_codebooks)
 
-        def body(cache, p):
-            h, cache = cached_lib.decoder_step(model.config, prep, lay, base, cache, p)
-            return cached_lib.write_codes(model.config, prep, lay, cache, p, flat[:, p]), h
-        _, got = jax.lax.scan(body, cached_lib.empty_cache(model.config, lay, B),
-                              jnp.arange(flat.shape[1]))
-        return got.swapaxes(0, 1).astype(jnp.float32), want.reshape(B, flat.shape[1], -1)
+        def body(p, chunk, carry):
+            cache, hs = carry
+            h, cache = cached_lib.decoder_step(model.config, prep, lay, base, cache, p, chunk)
+            cache = cached_lib.write_codes(model.config, prep, lay, cache, p, flat[:, p])
+            return cache, hs.at[:, p].set(h.astype(jnp.float32))
+        want = want.reshape(B, flat.shape[1], -1).astype(jnp.float32)
+        got = cached_lib.position_loop(
+            lay, body, (cached_lib.empty_cache(model.config, lay, B), jnp.zeros_like(want)))[1]
+        return got, want
 
     got, want = both(params, jnp.asarray(out))
     want = want.astype(jnp.float32)

@@ -83,18 +83,22 @@ def flops_per_video(model, params) -> tuple[float, float]:
     enc = _cost_flops(lambda p, x: model.apply({"params": p}, x, s, method="encode_context",
                                                **labels), params, codes)
     lay = cached_lib.layout(c)
+    P = cached_lib.slice_positions(lay)
     prep = cached_lib.prepare(c, params, lay)
     enc_out = jnp.zeros((1, *lay.slice_shape, c.d_model), jnp.dtype(c.dtype))
 
-    def step(prep, base, cache):
-        hidden, cache = cached_lib.decoder_step(c, prep, lay, base, cache, jnp.int32(0))
+    def step(prep, base, cache, chunk):
+        hidden, cache = cached_lib.decoder_step(c, prep, lay, base, cache, jnp.int32(0), chunk)
         codes = jnp.zeros((1, c.num_codebooks), jnp.int32)
         logits = [model.apply({"params": params}, hidden, codes, k, method="predict_codebook")
                   for k in range(c.num_codebooks)]
         return hidden, cache, logits
 
     base = cached_lib.slice_base(c, prep, enc_out)
-    dec = _cost_flops(step, prep, base, cached_lib.empty_cache(c, lay, 1))
+    cache = cached_lib.empty_cache(c, lay, 1)
+    # a step reads the cache chunks up to its own: average over the positions
+    dec = sum((stop - start) * _cost_flops(lambda *a, i=i: step(*a, i), prep, base, cache)
+              for i, (start, stop) in enumerate(cached_lib.cache_chunks(P))) / P
     return enc, dec
 
 
