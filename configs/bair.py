@@ -3,13 +3,15 @@
 Variants (comma-separated, combinable, e.g. `configs/bair.py:dstsvt,tiny`):
   (none)   the paper: stage-2 DSFVT (stride (16, 1, 1)), the release's default;
   dstsvt   stage 2 with Video-Transformer-style subscaling (stride (4, 2, 2));
-  tiny     seconds on a laptop (tests): tiny stage 1 and stage 2, same structure.
+  tiny     seconds on a laptop (tests): tiny stage 1 and stage 2, same structure;
+  bf16     mixed precision: bfloat16 compute, float32 parameters, optimiser state, losses,
+           softmax and VQ codebooks; bfloat16 key/value cache when sampling.
 Point --config.data.bair_source_dir at the original archive or softmotion30_44k/.
 """
 from lvt_jax.config_base import base_config
 from lvt_jax.models.lvt.transformer import default_transformer_config
 
-VARIANTS = ("dstsvt", "tiny")
+VARIANTS = ("dstsvt", "tiny", "bf16")
 
 
 def get_config(arg: str | None = None):
@@ -21,7 +23,15 @@ def get_config(arg: str | None = None):
     if "tiny" in variants:
         shrink_vqvae(c)
         shrink_transformer(c)
+    if "bf16" in variants:
+        use_bfloat16(c)
     return c
+
+
+def use_bfloat16(c) -> None:
+    """Mixed precision for both stages and the sampler (float32 stays the default)."""
+    c.vqvae.model.dtype = "bfloat16"
+    c.transformer.model.dtype = "bfloat16"
 
 
 def parse_variants(arg: str | None, known: tuple[str, ...], where: str) -> set[str]:
@@ -30,7 +40,7 @@ def parse_variants(arg: str | None, known: tuple[str, ...], where: str) -> set[s
     unknown = variants - set(known)
     if unknown:
         raise ValueError(f"{where}: unknown variant(s) {sorted(unknown)}; known: "
-                         f"{', '.join(known)} (combine with commas, e.g. dstsvt,tiny)")
+                         f"{', '.join(known)} (combine with commas, e.g. dstsvt,bf16,tiny)")
     return variants
 
 

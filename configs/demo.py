@@ -1,7 +1,8 @@
 """The built-in demo: synthetic robot pushing, trains on a 2-core CPU in minutes.
 
 Same architecture family as the paper with narrower layers; `configs/demo.py:tiny` is the
-test-suite variant (tiny models, a dozen videos); `:dstsvt` selects DSTSVT for stage 2.
+test-suite variant (tiny models, a dozen videos); `:dstsvt` selects DSTSVT for stage 2;
+`:bf16` switches on mixed precision (see configs/bair.py). Variants combine: `:bf16,tiny`.
 """
 
 from lvt_jax.config_base import base_config, sibling_config
@@ -22,12 +23,14 @@ def get_config(arg: str | None = None):
     c.vqvae.train.update(batch_size=16, num_steps=1200, log_every=50, eval_every=400,
                          eval_batches=4, eval_batch_size=64, checkpoint_every=500, keep=2)
     bair = _bair_module()
-    variants = bair.parse_variants(arg, ("dstsvt", "tiny"), "configs/demo.py")
+    variants = bair.parse_variants(arg, ("dstsvt", "tiny", "bf16"), "configs/demo.py")
     demo_transformer(c, "dstsvt" if "dstsvt" in variants else "dsfvt")
     if "tiny" in variants:
         c.data.synthetic.update(num_train=12, num_test=4, seed=0)
         bair.shrink_vqvae(c)
         bair.shrink_transformer(c)
+    if "bf16" in variants:
+        bair.use_bfloat16(c)
     # Stage 2 predicts stage 1's codes: its vocabulary is stage 1's codebook size.
     c.transformer.model.vocab_size = c.vqvae.model.codebook_size
     return c

@@ -11,7 +11,8 @@ Variants (comma-separated, combinable, e.g. `configs/kinetics600.py:classes,tiny
   (none)   the paper (unconditional);
   classes  class-conditional stage 2 (the release's CLASS_NUM: a learned class
            embedding concatenated before the encoder's 1x1 projection), 600 classes;
-  tiny     seconds on a laptop (tests): tiny stage 1 and stage 2, same structure.
+  tiny     seconds on a laptop (tests): tiny stage 1 and stage 2, same structure;
+  bf16     mixed precision (see configs/bair.py).
 Point --config.data.kinetics.source_dir at the downloaded clips
 ({train,validate,test}/<class>/<youtube_id>_<start>_<end>.mp4); see README.md.
 """
@@ -20,7 +21,7 @@ import ml_collections
 
 from lvt_jax.config_base import base_config, sibling_config
 
-VARIANTS = ("classes", "tiny")
+VARIANTS = ("classes", "tiny", "bf16")
 NUM_CLASSES = 600
 KINETICS_RES_BLOCKS = 4  # K-DVQVAE: N_LAYERS 4 (BAIR's PR-DVQVAE2: 2)
 SAMPLE_N_PRIME = 5  # KDSFVT.yaml TEST.VT_SAMPLER.N_PRIME
@@ -61,6 +62,8 @@ def get_config(arg: str | None = None):
         c.sample.n_prime = 2
         if "classes" in variants:
             c.transformer.model.num_classes = 2
+    if "bf16" in variants:
+        bair.use_bfloat16(c)
     # Stage 2 predicts stage 1's codes: its vocabulary is stage 1's codebook size.
     c.transformer.model.vocab_size = c.vqvae.model.codebook_size
     return c

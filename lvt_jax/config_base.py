@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.vqvae.init_from = config_dict.placeholder(str)
     c.vqvae.model = ml_collections.ConfigDict(dict(
         hidden=128, channels=256, res_channels=128, num_res_blocks=2,
-        num_codebooks=4, codebook_size=512, ema_decay=0.99, ema_eps=1e-5, beta=1.0))
+        num_codebooks=4, codebook_size=512, ema_decay=0.99, ema_eps=1e-5, beta=1.0,
+        dtype="float32"))  # compute dtype; 'bfloat16' = mixed precision (configs' :bf16)
     c.vqvae.train = ml_collections.ConfigDict(dict(
         batch_size=32, num_steps=500_000, learning_rate=3e-4, b1=0.9, b2=0.9, eps=1e-8,
         log_every=100, eval_every=10_000, eval_batches=config_dict.placeholder(int),

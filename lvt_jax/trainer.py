@@ -29,6 +29,7 @@ from lvt_jax.checkpoint import (CheckpointMismatchError, Checkpointer, NonFinite
 from lvt_jax.stages.base import Stage
 from lvt_jax.train_state import TrainState
 from lvt_jax.writers import MetricWriter, ProgressBar
+from lvt_jax import compile_options
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,10 @@ class ShardedStage:
             boxed = jax.eval_shape(stage.init, self.rng)
         self.shardings = shd.logical_to_sharding(boxed, mesh, rules)
         self.abstract = abstract_with_shardings(nn.unbox(boxed), self.shardings)
+        options = compile_options.for_devices(mesh.devices.flat)  # per platform
         self._train_step = jax.jit(stage.train_step, out_shardings=(self.shardings, None),
-                                   donate_argnums=0)
-        self._eval_step = jax.jit(stage.eval_step)
+                                   donate_argnums=0, compiler_options=options)
+        self._eval_step = jax.jit(stage.eval_step, compiler_options=options)
 
     def context(self):
         return mesh_context(self.mesh, self.rules)

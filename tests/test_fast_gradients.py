@@ -1,4 +1,4 @@
-"""Hand-written gradients (lvt_jax.models.lvt.linear, attention.block_attention) equal autodiff
+"""Hand-written gradients (lvt_jax.models.linear, attention.block_attention) equal autodiff
 of the plain formulas: values, input and parameter gradients, and the layer's parameter
 tree. Speed lives in `python -m lvt_jax.bench train_transformer`."""
 
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvt_jax.models.lvt import attention, linear
+from lvt_jax.models import linear
+from lvt_jax.models.lvt import attention
 
 HI = jax.lax.Precision.HIGHEST
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -46,13 +47,16 @@ def test_dense_and_shared_products_match_autodiff():
     linear.dense_nd(x3, w.T)
 
 
-def test_dense_dot_general_keeps_the_dense_layer():
-  plain = nn.Dense(4)
-  fast = nn.Dense(4, dot_general=linear.dense_dot_general)
+def test_dense_module_keeps_the_dense_layer():
+  """linear.Dense has nn.Dense's parameters (tree and initial values) and function."""
+  plain = nn.Dense(4, bias_init=nn.initializers.normal(1.0))
+  fast = linear.Dense(4, bias_init=nn.initializers.normal(1.0))
   x = _normal(0, 2, 3, 5)
   params = plain.init(jax.random.PRNGKey(0), x)
-  assert (jax.tree_util.tree_structure(fast.init(jax.random.PRNGKey(0), x))
-          == jax.tree_util.tree_structure(params))
+  fast_params = fast.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(fast_params) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree_util.tree_leaves(fast_params), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
   with jax.default_matmul_precision('highest'):
     _assert_grads_equal(lambda p, a: fast.apply(p, a), lambda p, a: plain.apply(p, a),
                         (params, x), _normal(1, 2, 3, 4))

@@ -88,13 +88,13 @@ def test_cached_decoder_step_equals_teacher_forced_decoder(variant):
         base = cached_lib.slice_base(c, prep, enc)
         flat = sl.reshape(B, -1, c.num_codebooks)
 
-        def body(p, carry):
+        def body(p, chunk, carry):
             cache, hs = carry
-            h, cache = cached_lib.decoder_step(c, prep, lay, base, cache, p)
+            h, cache = cached_lib.decoder_step(c, prep, lay, base, cache, p, chunk)
             cache = cached_lib.write_codes(c, prep, lay, cache, p, flat[:, p])
             return cache, hs.at[:, p].set(h)
-        got = jax.lax.fori_loop(0, flat.shape[1], body,
-                                (cached_lib.empty_cache(c, lay, B), jnp.zeros_like(want)))[1]
+        got = cached_lib.position_loop(
+            lay, body, (cached_lib.empty_cache(c, lay, B), jnp.zeros_like(want)))[1]
         return got, want
 
     got, want = both(params, codes)

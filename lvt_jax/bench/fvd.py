@@ -15,7 +15,17 @@ import numpy as np
 
 from lvt_jax import sharding as shd
 from lvt_jax.bench import common
+from lvt_jax.bench.registry import register
 from lvt_jax.fvd import FeatureExtractor, fvd
+
+
+@register("fvd", "I3D feature extraction (FVD): clips per second at several batch sizes")
+def fvd_benchmark(config: Any, opts: Any) -> dict:
+    cpu = jax.devices()[0].platform == "cpu"
+    batches = [int(b) for b in opts.fvd_batches or (
+        ["1", "2", "4"] if cpu else ["8", "16", "32", "64", "128"])]
+    steps = opts.steps if opts["steps"].present or not cpu else 3
+    return fvd_features(config, batches, steps, opts.warmup)
 
 
 def fvd_features(config: Any, batches: Sequence[int], steps: int, warmup: int,

@@ -5,13 +5,15 @@ both weights and biases; we keep it so training dynamics match the reference rel
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from lvt_jax.models.precision import add_bias, compute_cast
 
 KERNEL_AXES = ("kernel_h", "kernel_w", "conv_in", "conv_out")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -30,12 +32,14 @@ class Conv(nn.Module):
     """2D conv (NHWC) with PyTorch's symmetric zero padding `padding` on each side.
 
     kernel (kh, kw, in, out): torch weight[o, i, k, l] == kernel[k, l, i, o].
+    `dtype`: compute dtype (None: promote the input's and the float32 parameters').
     """
 
     features: int
     kernel: int
     stride: int = 1
     padding: int = 0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -43,10 +47,11 @@ class Conv(nn.Module):
         k = self.param("kernel", nn.with_logical_partitioning(init, KERNEL_AXES),
                        (self.kernel, self.kernel, x.shape[-1], self.features))
         b = self.param("bias", nn.with_logical_partitioning(init, ("conv_out",)), (self.features,))
+        x, k = compute_cast(self.dtype, x, k)
         p = self.padding
         y = lax.conv_general_dilated(x, k, (self.stride,) * 2, ((p, p), (p, p)),
                                      dimension_numbers=_DN)
-        return y + b
+        return add_bias(y, b)
 
 
 class ConvTranspose(nn.Module):
@@ -56,12 +61,14 @@ class ConvTranspose(nn.Module):
     Computed as stride-1 sub-pixel convolutions (one per output phase) followed by
     depth-to-space: the same result as a dilated-input transposed conv (tested), but its
     gradients are plain stride-1 convs, which XLA:CPU runs ~9x faster.
+    `dtype`: compute dtype (None: promote the input's and the float32 parameters').
     """
 
     features: int
     kernel: int
     stride: int
     padding: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -72,12 +79,13 @@ class ConvTranspose(nn.Module):
             init, ("kernel_h", "kernel_w", "conv_out", "conv_in")),
             (kk, kk, self.features, x.shape[-1]))
         b = self.param("bias", nn.with_logical_partitioning(init, ("conv_out",)), (self.features,))
+        x, k = compute_cast(self.dtype, x, k)
         if kk % s == 0 and kk - 2 * p == s:
             y = subpixel_conv_transpose(x, k, s, p)
         else:
             y = lax.conv_transpose(x, k, (s, s), ((kk - 1 - p,) * 2,) * 2,
                                    dimension_numbers=_DN, transpose_kernel=True)
-        return y + b
+        return add_bias(y, b)
 
 
 def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, s: int, p: int) -> jax.Array:

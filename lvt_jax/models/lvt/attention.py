@@ -13,7 +13,7 @@ order). One layer::
 block; masked logits are *set* to ``-1e4`` (not ``-inf``). No final LayerNorm.
 
 Speed (XLA:CPU, measured in ``docs/benchmarks.md``): the projections
-(:mod:`lvt_jax.models.lvt.linear`) and the attention core (:func:`block_attention`)
+(:mod:`lvt_jax.models.linear`) and the attention core (:func:`block_attention`)
 carry hand-written gradients. They equal autodiff of the plain formula (to float32
 rounding, tested) but run in forms XLA:CPU is fast at: plain 2-D products, and the
 softmax backward from ``rowsum(dO * O)`` (one pass over ``[.., L, da]`` instead of
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lvt_jax.models.lvt.linear import dense, dense_dot_general, dense_shared
+from lvt_jax.models.linear import Dense, dense, dense_shared
 
 MASK_VALUE = -1e4
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
@@ -236,27 +236,58 @@ class BlockLocalAttentionLayer(nn.Module):
     # --- feed-forward (hidden width d) --------------------------------------
     xavier = nn.initializers.xavier_uniform()
     y = self._ln('ln_mlp')(x)
-    y = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_in',
-                 dot_general=dense_dot_general,
-                 kernel_init=nn.with_logical_partitioning(xavier, ('embed', 'mlp')),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(y)
+    y = Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_in',
+              kernel_init=nn.with_logical_partitioning(xavier, ('embed', 'mlp')),
+              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(y)
     y = nn.relu(y)
-    y = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_out',
-                 dot_general=dense_dot_general,
-                 kernel_init=nn.with_logical_partitioning(xavier, ('mlp', 'embed')),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(y)
+    y = Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, name='mlp_out',
+              kernel_init=nn.with_logical_partitioning(xavier, ('mlp', 'embed')),
+              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(y)
     x = x + y
     return nn.with_logical_constraint(x, ('batch', None, None, None, None))
+
+
+REMAT_POLICIES = ('none', 'full', 'dots')
+
+
+def remat_kind(remat: Any) -> str:
+  """Config value -> one of REMAT_POLICIES (``False``/``True`` mean 'none'/'full')."""
+  if remat is None or remat is False:
+    return 'none'
+  if remat is True:
+    return 'full'
+  kind = {'false': 'none', 'true': 'full'}.get(str(remat).lower(), str(remat).lower())
+  if kind not in REMAT_POLICIES:
+    raise ValueError(f'transformer.model.remat={remat!r}: choose one of {REMAT_POLICIES} '
+                     "('none': keep every activation; 'full': recompute each layer in the "
+                     "backward pass; 'dots': keep the projections' outputs, recompute the rest).")
+  return kind
+
+
+def _layer_class(remat: Any, scanned: bool):
+  """The layer class, wrapped in ``nn.remat`` with the chosen policy.
+
+  'full' saves only each layer's input; 'dots' also saves the outputs of products with
+  a weight (no batch dimension: the q/k/v, output and feed-forward projections) and
+  recomputes the attention core, softmax and LayerNorms.
+  """
+  kind = remat_kind(remat)
+  if kind == 'none':
+    return BlockLocalAttentionLayer
+  policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if kind == 'dots'
+            else None)
+  # Inside a scan the loop already keeps XLA from merging the recomputation away.
+  return nn.remat(BlockLocalAttentionLayer, policy=policy, prevent_cse=not scanned)
 
 
 class _ScanBody(nn.Module):
   """Adapter: ``(carry, None) -> (layer(carry), None)`` for ``nn.scan``."""
   layer_kwargs: Any
-  remat: bool = False
+  remat: Any = 'none'
 
   @nn.compact
   def __call__(self, x, _):
-    cls = nn.remat(BlockLocalAttentionLayer) if self.remat else BlockLocalAttentionLayer
+    cls = _layer_class(self.remat, scanned=True)
     return cls(**dict(self.layer_kwargs), name='layer')(x), None
 
 
@@ -265,7 +296,8 @@ class AttentionStack(nn.Module):
 
   With ``scan=True`` the parameters are stacked along a leading axis of length
   ``num_layers`` (logical name None, i.e. replicated) under ``layers/layer``;
-  otherwise they live under ``layer_0 .. layer_{n-1}``.
+  otherwise they live under ``layer_0 .. layer_{n-1}``. ``remat``: see
+  :func:`remat_kind` (same parameters and values under every policy).
   """
   num_layers: int
   num_heads: int
@@ -273,7 +305,7 @@ class AttentionStack(nn.Module):
   block_shape: Tuple[int, int, int]
   masked: bool
   scan: bool = True
-  remat: bool = False
+  remat: Any = 'none'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -285,9 +317,9 @@ class AttentionStack(nn.Module):
     if self.scan:
       body = nn.scan(_ScanBody, variable_axes={'params': 0}, split_rngs={'params': True},
                      length=self.num_layers, metadata_params={nn.PARTITION_NAME: None})
-      x, _ = body(tuple(sorted(kwargs.items())), self.remat, name='layers')(x, None)
+      x, _ = body(tuple(sorted(kwargs.items())), remat_kind(self.remat), name='layers')(x, None)
       return x
-    cls = nn.remat(BlockLocalAttentionLayer) if self.remat else BlockLocalAttentionLayer
+    cls = _layer_class(self.remat, scanned=False)
     for i in range(self.num_layers):
       x = cls(**kwargs, name=f'layer_{i}')(x)
     return x

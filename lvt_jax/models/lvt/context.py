@@ -125,6 +125,8 @@ class ContextConv(nn.Module):
         (n_taps, self.num_codebooks * self.vocab_size, self.emb_dim), self.param_dtype)
     bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('emb',)),
                       (self.emb_dim,), self.param_dtype)
-    return context_conv(codes, slice_idx, jnp.asarray(kernel, self.dtype),
-                        jnp.asarray(bias, self.dtype), stride=self.stride,
-                        kernel_shape=self.kernel_shape, vocab_size=self.vocab_size)
+    # Lookups and their sums from the float32 parameters (the kernel's gradient is a
+    # scatter-add: float32 under mixed precision too); the result in the compute dtype.
+    out = context_conv(codes, slice_idx, kernel, bias, stride=self.stride,
+                       kernel_shape=self.kernel_shape, vocab_size=self.vocab_size)
+    return out.astype(self.dtype)

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lvt_jax.models.precision import add_bias
+
 
 def tap_mask(kernel: Sequence[int]) -> np.ndarray:
   """bool ``[kt, kh, kw]``: True where the tap is used."""
@@ -108,11 +110,10 @@ class MaskedConv3D(nn.Module):
         nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                      ('kernel', 'emb', 'embed')),
         (n_taps, cin, self.features), self.param_dtype)
-    bias = None
-    if self.use_bias:
-      bias = self.param(
-          'bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-          (self.features,), self.param_dtype)
-      bias = jnp.asarray(bias, self.dtype)
-    return masked_conv3d(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype),
-                         bias, self.kernel_shape)
+    y = masked_conv3d(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), None,
+                      self.kernel_shape)
+    if not self.use_bias:
+      return y
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (self.features,), self.param_dtype)
+    return add_bias(y, bias)

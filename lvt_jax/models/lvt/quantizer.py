@@ -49,6 +49,20 @@ def nearest_codes(flat: jax.Array, books: jax.Array, chunk_rows: int = 512) -> j
     return jnp.moveaxis(codes, 0, 1).reshape(b, flat.shape[1])
 
 
+def cluster_stats(codes: jax.Array, flat: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """Per codebook and code: how many rows chose it (k, n) and the sum of those rows
+    (k, n, d), from codes (b, k) and rows (b, k, d), as scatter-adds.
+
+    Why not one_hot(codes)^T @ rows: the one-hot tensor (b, k, n) is 64 MiB for a 32-frame
+    batch and took ~5% of the training step on CPU; the scatter-adds take ~1 ms.
+    """
+    k = codes.shape[1]
+    book = jnp.broadcast_to(jnp.arange(k, dtype=codes.dtype), codes.shape)
+    counts = jnp.zeros((k, n), jnp.float32).at[book, codes].add(1.0)
+    sums = jnp.zeros((k, n, flat.shape[-1]), jnp.float32).at[book, codes].add(flat)
+    return counts, sums
+
+
 class DecomposedQuantizer(nn.Module):
     num_codebooks: int = 4
     codebook_size: int = 512
@@ -80,9 +94,14 @@ class DecomposedQuantizer(nn.Module):
         return jnp.concatenate(vecs, axis=-1)
 
     def __call__(self, z: jax.Array, *, update: bool):
-        """Quantises z (..., num_codebooks * dim); returns (straight-through q, codes, commitment)."""
+        """Quantises z (..., num_codebooks * dim); returns (straight-through q, codes, commitment).
+
+        Always in float32 (z of a lower-precision encoder is cast first): the distances,
+        the EMA statistics and the codebooks keep full precision under mixed precision.
+        """
         k, d = self.num_codebooks, self.code_dim
         chex.assert_axis_dimension(z, -1, k * d)
+        z = z.astype(jnp.float32)
         lead = z.shape[:-1]
         flat = z.reshape(-1, k, d)
         books = self.codebook.value  # (k, n, d)
@@ -91,10 +110,7 @@ class DecomposedQuantizer(nn.Module):
         q = q.reshape(z.shape)
 
         if update and not self.is_initializing():
-            onehot = jax.nn.one_hot(codes, self.codebook_size, dtype=jnp.float32)  # (b, k, n)
-            counts = jnp.sum(onehot, axis=0)
-            sums = jnp.einsum("bkn,bkd->knd", onehot, jax.lax.stop_gradient(flat),
-                              precision=jax.lax.Precision.HIGHEST)
+            counts, sums = cluster_stats(codes, jax.lax.stop_gradient(flat), self.codebook_size)
             g = self.decay
             ema_count = g * self.ema_count.value + (1 - g) * counts
             ema_sum = g * self.ema_sum.value + (1 - g) * sums

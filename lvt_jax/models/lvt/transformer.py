@@ -47,9 +47,10 @@ import ml_collections
 import numpy as np
 
 from lvt_jax.models.lvt import subscale
-from lvt_jax.models.lvt.attention import LN_EPS, AttentionStack
+from lvt_jax.models.lvt.attention import LN_EPS, AttentionStack, remat_kind
 from lvt_jax.models.lvt.context import ContextConv
-from lvt_jax.models.lvt.linear import dense_nd
+from lvt_jax.models.linear import dense_nd
+from lvt_jax.models.precision import add_bias, take_rows
 from lvt_jax.models.lvt.masked_conv import MaskedConv3D
 from lvt_jax.models.lvt.position import sinusoidal_3d
 
@@ -108,7 +109,9 @@ def default_transformer_config(variant: str = 'dsfvt') -> ml_collections.ConfigD
   # unrolled (layer_0 .. layer_{n-1}) trains 5-10% faster on XLA:CPU at the paper's
   # sizes (docs/benchmarks.md), so it is the default.
   c.scan_layers = False
-  c.remat = False  # nn.remat each layer
+  # Rematerialisation of each attention layer: 'none' | 'full' | 'dots' (attention.remat_kind;
+  # memory per policy: python -m lvt_jax.bench remat).
+  c.remat = 'none'
   return c
 
 
@@ -121,6 +124,8 @@ def validate_config(c) -> None:
   for k in tuple(c.context_kernel) + tuple(c.decoder_kernel):
     if k % 2 != 1:
       raise ValueError('kernel sizes must be odd')
+  remat_kind(c.get('remat', 'none'))
+  jnp.dtype(c.get('dtype', 'float32'))  # an unknown dtype name fails here, before compiling
 
 
 # ----------------------------------------------------------------------------
@@ -152,7 +157,7 @@ class Encoder(nn.Module):
   context_kernel: Tuple[int, int, int]
   block_shape: Tuple[int, int, int]
   scan_layers: bool = True
-  remat: bool = False
+  remat: Any = 'none'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   num_classes: int = 0
@@ -167,7 +172,7 @@ class Encoder(nn.Module):
         'slice_embedding',
         nn.with_logical_partitioning(nn.initializers.normal(1.0), ('slices', 'emb')),
         (subscale.num_slices(self.stride), self.emb_dim), self.param_dtype)
-    x = x + jnp.asarray(table, self.dtype)[slice_idx][:, None, None, None, :]
+    x = x + take_rows(table, slice_idx, self.dtype)[:, None, None, None, :]
     conditional = self.num_classes > 0
     if conditional and labels is None:
       raise ValueError(
@@ -185,7 +190,7 @@ class Encoder(nn.Module):
           'class_embedding',
           nn.with_logical_partitioning(nn.initializers.normal(1.0), ('classes', 'emb')),
           (self.num_classes, self.emb_dim), self.param_dtype)
-      cls = jnp.asarray(classes, self.dtype)[jnp.asarray(labels, jnp.int32)]  # [B, de]
+      cls = take_rows(classes, jnp.asarray(labels, jnp.int32), self.dtype)  # [B, de]
       x = x + (cls @ proj[self.emb_dim:])[:, None, None, None, :]
     x = nn.with_logical_constraint(x, ('batch', None, None, None, None))
     return AttentionStack(self.num_layers, self.num_heads, self.head_dim,
@@ -208,7 +213,7 @@ class Decoder(nn.Module):
   pe_min_timescale: float = 1.0
   pe_max_timescale: float = 1.0e4
   scan_layers: bool = True
-  remat: bool = False
+  remat: Any = 'none'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -229,9 +234,11 @@ class Decoder(nn.Module):
                                     param_dtype=self.param_dtype)
 
   def embed(self, slice_codes: jax.Array) -> jax.Array:
-    """Sum of per-codebook embeddings: ``[B, t, h, w, nc] -> [B, t, h, w, de]``."""
-    table = jnp.asarray(self.code_embedding, self.dtype)
-    return sum(table[k][slice_codes[..., k]] for k in range(self.num_codebooks))
+    """Sum of per-codebook embeddings: ``[B, t, h, w, nc] -> [B, t, h, w, de]`` (summed in
+    float32, then cast to the compute dtype)."""
+    table = self.code_embedding
+    return sum(take_rows(table[k], slice_codes[..., k], jnp.float32)
+               for k in range(self.num_codebooks)).astype(self.dtype)
 
   def position_encoding(self, shape) -> np.ndarray:
     return sinusoidal_3d(shape, self.d_model, self.pe_min_timescale, self.pe_max_timescale)
@@ -279,17 +286,18 @@ class CodebookHead(nn.Module):
       wc = self.param('code_kernel',
                       nn.with_logical_partitioning(_uniform(limit), (None, 'vocab', 'mlp')),
                       (k, nv, d), self.param_dtype)
-      wc = cast(wc)
-      u = u + sum(wc[j][prev_codes[..., j]] for j in range(k))
+      u = u + sum(take_rows(wc[j], prev_codes[..., j], jnp.float32)
+                  for j in range(k)).astype(self.dtype)
     b = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)), (d,),
                    self.param_dtype)
-    u = nn.relu(u + cast(b))
+    u = nn.relu(add_bias(u, b))
     wo = self.param('out_kernel',
                     nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                  ('mlp', 'vocab')), (d, nv), self.param_dtype)
     bo = self.param('out_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                     (nv,), self.param_dtype)
-    return dense_nd(u, cast(wo)) + cast(bo)
+    # logits in float32 (softmax and loss in float32 under mixed precision)
+    return dense_nd(u, cast(wo)).astype(jnp.float32) + jnp.asarray(bo, jnp.float32)
 
 
 class ChannelPredictor(nn.Module):

@@ -12,9 +12,13 @@ On accelerators the extra transpose is a small memory copy. Measured in
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from lvt_jax.models.precision import add_bias
 
 
 def _transposed(x: jax.Array) -> jax.Array:
@@ -48,20 +52,22 @@ def dense_nd(x: jax.Array, w: jax.Array) -> jax.Array:
   return y.reshape(x.shape[:-1] + w.shape[1:])
 
 
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
-                      preferred_element_type=None):
-  """Drop-in ``dot_general`` for ``nn.Dense`` (same parameters, faster gradient).
+class Dense(nn.Module):
+  """``nn.Dense`` (same parameters ``kernel [in, features]``, ``bias``; same init order)
+  through :func:`dense_nd`, with the bias added in float32 (mixed precision)."""
+  features: int
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
-  ``nn.Dense`` contracts the last axis of its input with the kernel's first; any other
-  contraction (or a precision / result-type request) falls back to ``lax.dot_general``.
-  """
-  (lc, rc), (lb, rb) = dimension_numbers
-  plain = (tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb
-           and rhs.ndim == 2 and precision is None and preferred_element_type is None)
-  if not plain:
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)
-  return dense_nd(lhs, rhs)
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+    y = dense_nd(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
+    return add_bias(y, bias)
 
 
 @jax.custom_vjp
