@@ -27,6 +27,8 @@ flags.DEFINE_integer("sample_slices", 0, "sample: slices timed per clip (0: all)
 flags.DEFINE_integer("naive_positions", 4, "sample: positions the naive sampler is timed over.")
 flags.DEFINE_list("fvd_batches", None, "fvd: I3D batch sizes to try (default: 1,2,4 on CPU, "
                   "8,16,32,64,128 on accelerators); --steps batches are timed per size.")
+flags.DEFINE_bool("memory_rss", False, "memory: also run each stage's step once in a "
+                  "process of its own and report its peak RSS.")
 flags.DEFINE_list("only", None, "suite: run only these entries (names from `list`).")
 flags.DEFINE_list("skip", None, "suite: leave these entries out.")
 flags.DEFINE_integer("entry_timeout", 0, "suite: seconds before an entry is stopped (0: none).")

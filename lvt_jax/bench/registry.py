@@ -12,7 +12,8 @@ import dataclasses
 from typing import Any, Callable
 
 # Modules that register benchmarks (imported by __main__); add new ones here.
-MODULES = ("lvt_jax.bench.train", "lvt_jax.bench.sample", "lvt_jax.bench.fvd")
+MODULES = ("lvt_jax.bench.train", "lvt_jax.bench.sample", "lvt_jax.bench.fvd",
+           "lvt_jax.bench.hdr")
 
 
 @dataclasses.dataclass(frozen=True)

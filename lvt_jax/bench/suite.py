@@ -31,7 +31,7 @@ def entry_config(config_arg: str, variants: str) -> str:
     return f"{path}:{','.join(names)}" if names else path
 
 
-def _load_config(config_arg: str):
+def load_config(config_arg: str):
     """get_config(arg) of the config file, or raises ValueError (e.g. an unknown variant)."""
     import importlib.util
     path, _, arg = config_arg.partition(":")
@@ -88,7 +88,7 @@ def run_suite(flags_obj: Any, bench_flags: tuple[str, ...]) -> dict:
     for i, (entry, bench, variants) in enumerate(todo):
         cfg = entry_config(config_arg, variants)
         try:
-            _load_config(cfg)
+            load_config(cfg)
         except ValueError as err:  # e.g. a config without that variant
             out["skipped"][entry] = str(err)
             print(f"suite [{i + 1}/{len(todo)}] {entry}: skipped ({err})", file=sys.stderr,
