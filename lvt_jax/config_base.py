@@ -154,15 +154,17 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.hdr.autoencoder.train = ml_collections.ConfigDict(dict(
         batch_size=8, clip_length=6,   # clips of 6 frames (SAVi trains on 6)
         eval_clip_length=0,            # 0: data.clip_length (what stage 2 and sampling use)
-        num_steps=2000, learning_rate=4e-4, warmup_steps=100, final_lr_fraction=0.05,
+        # 800 steps: about 15 minutes on 2 CPU cores. The segmentation (FG-ARI) is best
+        # early (0.3 near step 200 on the demo) and settles near 0.2 as colours sharpen.
+        num_steps=800, learning_rate=4e-4, warmup_steps=100, final_lr_fraction=0.05,
         grad_clip=1.0,
         # KL weights per pixel value of the clip (see stages/hdr_autoencoder.py)
         kl_static=0.01, kl_dynamic=0.01,
-        kl_warmup_steps=0,             # KL weights ramp up linearly from 0 over these steps
-        mask_weight=0.05,              # alphas taught to follow slot attention (see the stage)
+        kl_warmup_steps=200,           # KL weights ramp up linearly from 0 over these steps
+        mask_weight=1.0,               # alphas taught to follow slot attention (see the stage)
         mask_metrics="auto",           # FG-ARI and the swap test: auto (where masks exist) | on | off
-        log_every=50, eval_every=500, eval_batches=4, eval_batch_size=8,
-        checkpoint_every=500, keep=2, progress=True))
+        log_every=50, eval_every=400, eval_batches=4, eval_batch_size=8,
+        checkpoint_every=400, keep=2, progress=True))
     # Between the stages: every video's latents (WORKDIR/hdr_latents/), window by window.
     c.hdr.encode = ml_collections.ConfigDict(dict(batch_size=16, window=8,
                                                   videos_per_shard=250))
