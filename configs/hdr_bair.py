@@ -22,7 +22,8 @@ def get_config(arg: str | None = None):
 def paper_scale_hdr(c) -> None:
     """HDR at the size of real robot-pushing data (the demo's model is 1/4 of this)."""
     c.hdr.model.update(num_objects=6, slot_dim=128, mlp_dim=256, enc_channels=(64, 64, 128),
-                       static_dim=32, dynamic_dim=16, bg_channels=16, dec_channels=64)
+                       static_dim=32, dynamic_dim=16, bg_channels=16, dec_channels=64,
+                       remat_decoder=True)
     c.hdr.autoencoder.train.update(batch_size=16, clip_length=8, num_steps=200_000,
                                    learning_rate=2e-4, warmup_steps=2_500,
                                    final_lr_fraction=0.0, log_every=100, eval_every=10_000,

@@ -145,7 +145,11 @@ def add_hdr(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         dec_channels=32,
         bg_decoder="smooth",       # 'smooth' (low-pass, behind the objects) | 'conv'
         alpha_envelope=True,       # object alphas: a Gaussian around the slot's frame, refined
-        logvar_min=-10.0, logvar_max=4.0))
+        logvar_min=-10.0, logvar_max=4.0,
+        # Render the frames one at a time in a rematerialised scan: the backward pass keeps
+        # one frame's renderer activations instead of all (most of stage 1's memory), at
+        # the price of running the renderers twice. On in the paper-size configs.
+        remat_decoder=False))
     c.hdr.model.image_size = c.data.get_ref("image_size")
     c.hdr.autoencoder = ml_collections.ConfigDict()
     c.hdr.autoencoder.num_mask_ids = 5    # instance ids in the masks: table, gripper, 3 objects

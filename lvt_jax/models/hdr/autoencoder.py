@@ -160,9 +160,9 @@ class HDRAutoencoder(nn.Module):
         chex.assert_shape(obj_static, (B, K, None))
         obj_z = jnp.concatenate([jnp.broadcast_to(obj_static[:, None], (B, T, K, obj_static.shape[-1])),
                                  dynamic[:, :, 1:]], -1)
-        ref = dynamic[:, :, 1:, :FRAME_DIMS].reshape(B * T * K, FRAME_DIMS)
-        obj_rgb, obj_alpha = self.object_decoder(obj_z.reshape(B * T * K, -1),
-                                                 ref[:, :POSITION_DIMS], ref[:, POSITION_DIMS:])
+        ref = dynamic[:, :, 1:, :FRAME_DIMS]
+        obj_rgb, obj_alpha = self._render_objects(obj_z, ref[..., :POSITION_DIMS],
+                                                  ref[..., POSITION_DIMS:])
         bg_map = jnp.broadcast_to(bg_static[:, None], (B, T) + bg_static.shape[1:])
         bg_rgb, bg_alpha = self.background_decoder(
             bg_map.reshape((B * T,) + bg_static.shape[1:]), dynamic[:, :, 0].reshape(B * T, Dd))
@@ -173,6 +173,33 @@ class HDRAutoencoder(nn.Module):
                                   obj_alpha.reshape(B, T, K, H, W)], 2)
         frames, alphas = composite(rgb, logits, slot_axis=2)
         return frames, rgb, alphas
+
+    def _render_objects(self, z: jax.Array, pos: jax.Array, log_scale: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+        """[B, T, K, ...] latents and reference frames -> object layers, rgb [B*T*K, H, W,
+        3] and alpha logits [B*T*K, H, W], in (b, t, k) order.
+
+        With `remat_decoder` the frames are rendered one after another in a scan whose
+        step is rematerialised: the backward pass recomputes one frame's renderings at a
+        time instead of keeping every frame's (the renderers' full-resolution activations
+        are most of the autoencoder's training memory: at paper size, 4 clips of 16
+        frames, about 2/3 of it). The outputs are the same; the renderers run twice.
+        """
+        B, T, K = z.shape[:3]
+        flat = lambda a: a.reshape(B * T * K, *a.shape[3:])
+        if not bool(self.config.get("remat_decoder", False)):
+            return self.object_decoder(flat(z), flat(pos), flat(log_scale))
+
+        def step(mdl, carry, x):   # one frame of every clip: [B*K, ...]
+            return carry, mdl.object_decoder(*x)
+
+        scan = nn.scan(nn.remat(step), variable_broadcast="params",
+                       split_rngs={"params": False}, in_axes=0, out_axes=0, length=T)
+        by_frame = lambda a: jnp.swapaxes(a, 0, 1).reshape(T, B * K, *a.shape[3:])
+        _, (rgb, alpha) = scan(self, None, (by_frame(z), by_frame(pos), by_frame(log_scale)))
+        back = lambda a: jnp.swapaxes(a.reshape(T, B, K, *a.shape[2:]), 0, 1).reshape(
+            B * T * K, *a.shape[2:])
+        return back(rgb), back(alpha)
 
     # --- the whole autoencoder ---------------------------------------------------------
     def __call__(self, video: jax.Array, *, rng: jax.Array | None = None,
