@@ -32,13 +32,17 @@ def _one_step(cfg, mesh):
     return state, jax.device_get(metrics)
 
 
+@pytest.fixture(scope="module")
+def single_device_step(tmp_path_factory):
+    return _one_step(hdr_tiny(tmp_path_factory.mktemp("hdr")), mesh_of(1))
+
+
 @pytest.mark.parametrize("data,fsdp,tensor", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
-def test_sharded_step_equals_single_device(tmp_path, data, fsdp, tensor):
+def test_sharded_step_equals_single_device(tmp_path, single_device_step, data, fsdp, tensor):
     # The LVT test's tolerances. (2, 2, 2) caught an XLA SPMD bug (outputs off by O(1);
     # worked around in slot_attention.GRU): tests/test_xla_workarounds.py keeps it in view.
-    cfg = hdr_tiny(tmp_path)
-    ref_state, ref_m = _one_step(cfg, mesh_of(1))
-    state, m = _one_step(cfg, mesh_of(8, data, fsdp, tensor))
+    ref_state, ref_m = single_device_step
+    state, m = _one_step(hdr_tiny(tmp_path), mesh_of(8, data, fsdp, tensor))
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-5)
     assert_trees_close(state.params, ref_state.params, atol=1e-5)
