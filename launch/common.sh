@@ -12,6 +12,18 @@ parse_dry_run() {
 }
 
 # One word as the shell reads it: as it is when that is safe, else quoted.
+# `setup`'s arguments: at most --revision=REV (sets $revision); anything else prints usage.
+parse_revision() {
+  local usage=$1 a; shift
+  revision=""
+  for a in "$@"; do
+    case "$a" in
+      --revision=*) revision=${a#--revision=} ;;
+      *) echo "$usage" >&2; exit 2 ;;
+    esac
+  done
+}
+
 q() {
   if [[ "$1" =~ ^[A-Za-z0-9_./=:,@%+^-]+$ ]]; then printf '%s' "$1"; else printf '%s' "${1@Q}"; fi
 }

@@ -28,13 +28,7 @@ home=${LVT_HOME:-$HOME/lvt_jax_slurm}
 
 case "$sub" in
   setup)
-    revision=""
-    for a in "$@"; do
-      case "$a" in
-        --revision=*) revision=${a#--revision=} ;;
-        *) echo "$usage" >&2; exit 2 ;;
-      esac
-    done
+    parse_revision "$usage" "$@"
     step mkdir -p "$home/logs"
     pack_code "$root" "$home/code.tgz" "$revision"
     step bash -c "$(unpack_and_install "$(q "$home/code.tgz")" "$(q "$home/code")" \

@@ -27,13 +27,7 @@ where=(--zone="$zone" ${PROJECT:+--project="$PROJECT"})
 
 case "$sub" in
   setup)
-    revision=""
-    for a in "$@"; do
-      case "$a" in
-        --revision=*) revision=${a#--revision=} ;;
-        *) echo "$usage" >&2; exit 2 ;;
-      esac
-    done
+    parse_revision "$usage" "$@"
     tarball=${TMPDIR:-/tmp}/lvt_jax-code-$$.tgz
     pack_code "$root" "$tarball" "$revision"
     step "$gcloud" compute tpus tpu-vm scp "$tarball" "$name:lvt_jax.tgz" "${where[@]}" --worker=all
