@@ -62,7 +62,7 @@ def _timed(model, params, batch: int, n_prime: int, method: str, limit) -> tuple
 def sample_benchmark(config: Any, opts: Any) -> dict:
     cpu = jax.devices()[0].platform == "cpu"
     batches = [int(b) for b in opts.sample_batches or (
-        ["1", "16", "64"] if cpu else ["1", "64", "256", "1024"])]
+        ["1", "64", "256"] if cpu else ["1", "64", "256", "1024"])]
     return sample(config, batches, opts.sample_slices, opts.naive_positions)
 
 
