@@ -11,7 +11,6 @@ parse_dry_run() {
   done
 }
 
-# One word as the shell reads it: as it is when that is safe, else quoted.
 # `setup`'s arguments: at most --revision=REV (sets $revision); anything else prints usage.
 parse_revision() {
   local usage=$1 a; shift
@@ -24,6 +23,7 @@ parse_revision() {
   done
 }
 
+# One word as the shell reads it: as it is when that is safe, else quoted.
 q() {
   if [[ "$1" =~ ^[A-Za-z0-9_./=:,@%+^-]+$ ]]; then printf '%s' "$1"; else printf '%s' "${1@Q}"; fi
 }

@@ -21,8 +21,8 @@ flags.DEFINE_integer("batch", None, "Global batch size (default: the config's)."
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_bool("json", False, "Print a JSON object as the last line.")
-flags.DEFINE_list("sample_batches", None, "sample: batch sizes to try (default: 1,64,256 on "
-                  "CPU, 1,64,256,1024 on accelerators).")
+flags.DEFINE_list("sample_batches", None, "sample: batch sizes to try (default: the "
+                  "platform's DEFAULT_BATCHES in lvt_jax/bench/sample.py).")
 flags.DEFINE_integer("sample_slices", 0, "sample: slices timed per clip (0: all), extrapolated.")
 flags.DEFINE_integer("naive_positions", 4, "sample: positions the naive sampler is timed over.")
 flags.DEFINE_list("fvd_batches", None, "fvd: I3D batch sizes to try (default: 1,2,4 on CPU, "

@@ -57,12 +57,17 @@ def _timed(model, params, batch: int, n_prime: int, method: str, limit) -> tuple
     return t1 - t0, time.perf_counter() - t1
 
 
+# Batch sizes timed when --sample_batches is not given. CPU: batch 256 was the best
+# per video on the 2-core machine (docs/benchmarks.md, sampling).
+DEFAULT_BATCHES = {"cpu": (1, 64, 256), "accelerator": (1, 64, 256, 1024)}
+
+
 @register("sample", "sampling (cached vs naive): seconds per video, bounds and floors",
           suite=(("sample", ""), ("sample_bf16", "bf16")))
 def sample_benchmark(config: Any, opts: Any) -> dict:
     cpu = jax.devices()[0].platform == "cpu"
-    batches = [int(b) for b in opts.sample_batches or (
-        ["1", "64", "256"] if cpu else ["1", "64", "256", "1024"])]
+    default = DEFAULT_BATCHES["cpu" if cpu else "accelerator"]
+    batches = [int(b) for b in opts.sample_batches or default]
     return sample(config, batches, opts.sample_slices, opts.naive_positions)
 
 
